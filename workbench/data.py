@@ -1,0 +1,226 @@
+"""One data convention for every probe.
+
+``data`` is an ``(inputs, targets)`` pair of tensors, a ``torch.utils.data.DataLoader``, or any
+re-iterable of ``(inputs, targets)`` batches. ``inputs`` may be a tensor, a tuple of tensors
+(passed positionally) or a mapping (passed as keyword arguments, HuggingFace style).
+
+Every quantity a probe reduces over batches is *sample-weighted*:
+``L = sum_b n_b L_b / N`` with ``L_b`` the mean loss of batch ``b``, so the result equals the
+full-batch quantity exactly even when the last batch is short.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
+
+__all__ = ["Data", "as_data", "batch_len", "to_device"]
+
+
+def batch_len(inputs) -> int:
+    """Number of samples in a batch of inputs (size of dim 0 of the first tensor)."""
+    if isinstance(inputs, torch.Tensor):
+        if inputs.dim() == 0:
+            raise ValueError("data: inputs must have a batch dimension (dim 0); got a 0-d tensor")
+        return int(inputs.shape[0])
+    if isinstance(inputs, Mapping):
+        for v in inputs.values():
+            if isinstance(v, torch.Tensor):
+                return batch_len(v)
+    elif isinstance(inputs, (tuple, list)):
+        for v in inputs:
+            if isinstance(v, torch.Tensor):
+                return batch_len(v)
+    raise TypeError(
+        f"data: cannot find a tensor in the inputs of type {type(inputs).__name__}; "
+        "inputs must be a tensor, a tuple of tensors or a dict of tensors"
+    )
+
+
+def to_device(obj, device=None, dtype=None):
+    """Move tensors in obj to device; floating tensors are cast to ``dtype`` when given."""
+    if isinstance(obj, torch.Tensor):
+        if dtype is not None and obj.is_floating_point():
+            return obj.to(device=device, dtype=dtype)
+        return obj.to(device=device)
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device, dtype) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(v, device, dtype) for v in obj)
+    return obj
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, Mapping):
+        for k in sorted(obj, key=str):
+            yield from _tensors(obj[k])
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def _check_finite(obj, what: str) -> None:
+    for t in _tensors(obj):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(
+                f"data: {what} contain NaN or inf values; clean or impute them before probing "
+                "(e.g. torch.nan_to_num) or drop the affected samples"
+            )
+
+
+class Data:
+    """A re-iterable, validated view of the user's data on a given device and dtype.
+
+    In-memory pairs are moved to the device once; loaders are iterated lazily each pass.
+    """
+
+    def __init__(self, data, device=None, dtype=None, check_finite: bool = True):
+        self.device = device
+        self.dtype = dtype
+        self._check_finite = check_finite
+        self._pair = None
+        self._source = None
+        if isinstance(data, Data):
+            data = data._pair if data._pair is not None else data._source
+        if isinstance(data, (tuple, list)) and len(data) == 2 and not _is_batch_list(data):
+            x, y = data
+            nx, ny = batch_len(x), batch_len(y) if isinstance(y, torch.Tensor) else None
+            if ny is not None and nx != ny:
+                raise ValueError(
+                    f"data: inputs have {nx} samples but targets have {ny}; pass an (inputs, targets) "
+                    "pair with the same length along dim 0"
+                )
+            if nx == 0:
+                raise ValueError("data: the (inputs, targets) pair is empty (0 samples); pass at least one sample")
+            if check_finite:
+                _check_finite(x, "inputs")
+                _check_finite(y, "targets")
+            self._pair = (to_device(x, device, dtype), to_device(y, device, dtype))
+            self.n = nx
+            self.n_batches = 1
+        elif isinstance(data, Iterable) and not isinstance(data, (torch.Tensor, str, bytes, Mapping)):
+            if iter(data) is data:
+                raise TypeError(
+                    "data: a one-shot iterator/generator cannot be iterated more than once; pass a "
+                    "DataLoader, a list of (inputs, targets) batches, or an (inputs, targets) pair"
+                )
+            self._source = data
+            n, nb = 0, 0
+            for b in self._raw_batches():
+                n += b[2]
+                nb += 1
+            if n == 0:
+                raise ValueError("data: the data yielded no samples; pass a non-empty DataLoader or pair")
+            self.n = n
+            self.n_batches = nb
+        else:
+            raise TypeError(
+                f"data: expected an (inputs, targets) pair of tensors, a DataLoader or a list of "
+                f"(inputs, targets) batches; got {type(data).__name__}"
+            )
+
+    def _raw_batches(self):
+        for i, item in enumerate(self._source):
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise TypeError(
+                    f"data: batch {i} is a {type(item).__name__}, expected an (inputs, targets) pair; "
+                    "wrap your dataset so that it yields (inputs, targets)"
+                )
+            x, y = item
+            n = batch_len(x)
+            if isinstance(y, torch.Tensor) and y.dim() > 0 and y.shape[0] != n:
+                raise ValueError(f"data: batch {i} has {n} inputs but {y.shape[0]} targets")
+            if n == 0:
+                continue
+            if self._check_finite:
+                _check_finite(x, f"inputs of batch {i}")
+                _check_finite(y, f"targets of batch {i}")
+            yield x, y, n
+
+    def batches(self):
+        """Yield ``(inputs, targets, n_b)`` on the device."""
+        if self._pair is not None:
+            yield self._pair[0], self._pair[1], self.n
+            return
+        for x, y, n in self._raw_batches():
+            yield to_device(x, self.device, self.dtype), to_device(y, self.device, self.dtype), n
+
+    def __iter__(self):
+        for x, y, _ in self.batches():
+            yield x, y
+
+    def subsets(self, m: int | None, seed: int = 0):
+        """Disjoint subsets of ``m`` samples (for m-sharpness). ``m=None`` yields the batches as given."""
+        if m is None:
+            yield from self.batches()
+            return
+        x, y = self.materialize()
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).to(_first(x).device)
+        for start in range(0, self.n - m + 1, m):
+            idx = perm[start:start + m]
+            yield _index(x, idx), _index(y, idx), m
+
+    def materialize(self):
+        """All samples as one (inputs, targets) pair."""
+        if self._pair is not None:
+            return self._pair
+        xs, ys = [], []
+        for x, y, _ in self.batches():
+            xs.append(x)
+            ys.append(y)
+        return _cat(xs), _cat(ys)
+
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) over the bytes of every input and target tensor, in order."""
+        h = hashlib.sha256()
+        it = [(self._pair[0], self._pair[1])] if self._pair is not None else ((x, y) for x, y, _ in self._raw_batches())
+        for x, y in it:
+            for t in list(_tensors(x)) + list(_tensors(y)):
+                h.update(str(tuple(t.shape)).encode())
+                h.update(str(t.dtype).encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def _first(x):
+    return next(iter(_tensors(x)))
+
+
+def _index(obj, idx):
+    if isinstance(obj, torch.Tensor):
+        return obj[idx]
+    if isinstance(obj, Mapping):
+        return {k: _index(v, idx) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_index(v, idx) for v in obj)
+    return obj
+
+
+def _cat(parts):
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(first, Mapping):
+        return {k: _cat([p[k] for p in parts]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_cat([p[i] for p in parts]) for i in range(len(first)))
+    raise TypeError(f"data: cannot concatenate batches of type {type(first).__name__}")
+
+
+def _is_batch_list(data) -> bool:
+    """A list of two (inputs, targets) batches looks like a pair; tell them apart."""
+    return all(isinstance(b, (tuple, list)) and len(b) == 2 and isinstance(b[0], torch.Tensor) for b in data) and \
+        isinstance(data, list)
+
+
+def as_data(data, device=None, dtype=None, check_finite: bool = True) -> Data:
+    return data if isinstance(data, Data) and data.device == device and data.dtype == dtype else Data(
+        data, device, dtype, check_finite)
+
+
+def numpy_labels(y) -> np.ndarray:
+    return y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)

@@ -1,0 +1,167 @@
+"""Parameter space of a model and functional evaluation of its loss.
+
+:class:`ParamSpace` names the parameters a probe acts on (all trainable ones by default, or a
+subset chosen by parameter/module names or a regex), flattens them to one vector in
+``model.parameters()`` order (row-major), and evaluates the loss at any point ``theta`` of that
+space with ``torch.func.functional_call``: the module's own tensors are never written.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .data import Data, to_device
+
+
+def model_device_dtype(model: nn.Module):
+    for p in model.parameters():
+        return p.device, p.dtype
+    for b in model.buffers():
+        return b.device, None
+    return torch.device("cpu"), None
+
+
+def check_model(model, arg: str = "model") -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{arg}: expected a torch.nn.Module, got {type(model).__name__}")
+    if not any(True for _ in model.parameters()):
+        raise ValueError(f"{arg}: the model has no parameters; probes need a model with at least one parameter")
+    return model
+
+
+class ParamSpace:
+    """The flattened space of (a subset of) a model's parameters.
+
+    Parameters
+    ----------
+    model : nn.Module
+    params : None, str or sequence of str
+        ``None``: every parameter with ``requires_grad=True`` (all parameters if none does).
+        A string is a regex matched (``re.search``) against full parameter names; a sequence of
+        strings selects parameter names exactly or every parameter under a module name.
+    """
+
+    def __init__(self, model: nn.Module, params=None):
+        check_model(model)
+        self.model = model
+        named = list(model.named_parameters())
+        if params is None:
+            chosen = [(n, p) for n, p in named if p.requires_grad] or named
+        elif isinstance(params, str):
+            rx = re.compile(params)
+            chosen = [(n, p) for n, p in named if rx.search(n)]
+            if not chosen:
+                raise ValueError(
+                    f"params: the regex {params!r} matches no parameter; names look like "
+                    f"{[n for n, _ in named[:4]]}"
+                )
+        elif isinstance(params, Sequence):
+            wanted = list(params)
+            chosen = [(n, p) for n, p in named if any(n == w or n.startswith(w + ".") for w in wanted)]
+            missing = [w for w in wanted if not any(n == w or n.startswith(w + ".") for n, _ in named)]
+            if missing:
+                raise ValueError(
+                    f"params: no parameter or module named {missing}; available modules: "
+                    f"{sorted({n.rsplit('.', 1)[0] for n, _ in named if '.' in n})[:10]}"
+                )
+        else:
+            raise TypeError("params: expected None, a regex string or a list of parameter/module names")
+        self.names = [n for n, _ in chosen]
+        self.shapes = [tuple(p.shape) for _, p in chosen]
+        self.numels = [p.numel() for _, p in chosen]
+        self.numel = sum(self.numels)
+        self.device, self.dtype = chosen[0][1].device, chosen[0][1].dtype
+        # values frozen at construction: the point theta_0 every probe is centred on
+        self.theta0 = self.flatten([p.detach() for _, p in chosen]).clone()
+
+    def __len__(self):
+        return self.numel
+
+    # -- conversions -------------------------------------------------------
+    def flatten(self, tensors) -> torch.Tensor:
+        """A list (in ``names`` order) or dict by name of tensors -> one flat vector."""
+        if isinstance(tensors, Mapping):
+            missing = [n for n in self.names if n not in tensors]
+            if missing:
+                raise ValueError(f"direction: missing entries for parameters {missing[:5]}")
+            tensors = [tensors[n] for n in self.names]
+        tensors = list(tensors)
+        if len(tensors) != len(self.names):
+            raise ValueError(
+                f"direction: got {len(tensors)} tensors but the parameter space has {len(self.names)} "
+                "parameters; give one tensor per parameter in model.parameters() order, or a dict by name"
+            )
+        for n, s, t in zip(self.names, self.shapes, tensors):
+            if tuple(t.shape) != s:
+                raise ValueError(f"direction: tensor for {n!r} has shape {tuple(t.shape)}, expected {s}")
+        return torch.cat([t.reshape(-1).to(self.device, self.dtype) for t in tensors])
+
+    def unflatten(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
+        if vec.shape[-1] != self.numel:
+            raise ValueError(f"vector has {vec.shape[-1]} entries, the parameter space {self.numel}")
+        out, i = {}, 0
+        lead = vec.shape[:-1]
+        for n, s, k in zip(self.names, self.shapes, self.numels):
+            out[n] = vec[..., i:i + k].reshape(*lead, *s)
+            i += k
+        return out
+
+    def split(self, vec: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.unflatten(vec).values())
+
+    # -- functional evaluation ----------------------------------------------
+    def base_tensors(self, fresh_buffers: bool = False) -> dict[str, torch.Tensor]:
+        """All parameters and buffers of the model by name (detached)."""
+        d = {n: p.detach() for n, p in self.model.named_parameters()}
+        for n, b in self.model.named_buffers():
+            # train-mode BatchNorm writes running stats into the buffers it is given: hand it copies
+            d[n] = b.detach().clone() if fresh_buffers else b.detach()
+        return d
+
+    def call(self, theta: torch.Tensor | Mapping, inputs, fresh_buffers: bool = False, base=None):
+        """Model outputs at parameters ``theta`` (flat vector or dict of the chosen parameters)."""
+        tensors = dict(self.base_tensors(fresh_buffers) if base is None else base)
+        tensors.update(self.unflatten(theta) if isinstance(theta, torch.Tensor) else theta)
+        return forward(self.model, tensors, inputs)
+
+
+def forward(model, tensors, inputs):
+    if isinstance(inputs, Mapping):
+        return functional_call(model, tensors, args=(), kwargs=dict(inputs), strict=False)
+    if isinstance(inputs, tuple):
+        return functional_call(model, tensors, inputs, strict=False)
+    return functional_call(model, tensors, (inputs,), strict=False)
+
+
+def check_targets(outputs, targets, loss_fn=None) -> None:
+    """Clear errors for class labels out of range (before torch's cryptic ones)."""
+    if not isinstance(targets, torch.Tensor) or not isinstance(outputs, torch.Tensor):
+        return
+    if targets.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8) and outputs.dim() >= 2:
+        c = outputs.shape[1] if outputs.dim() > 2 else outputs.shape[-1]
+        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= c):
+            ignore = getattr(loss_fn, "ignore_index", None)
+            bad = targets[(targets < 0) | (targets >= c)]
+            if ignore is not None and bool((bad == ignore).all()):
+                return
+            raise ValueError(
+                f"data: class labels must lie in 0..{c - 1} for a model with {c} outputs; found labels "
+                f"{sorted(set(bad.unique().tolist()))[:5]}. Remap the labels to 0..C-1 (or widen the output layer)"
+            )
+
+
+def sample_weighted(fn, data: Data):
+    """sum_b n_b fn(batch_b) / N for scalar or tensor-valued fn(inputs, targets)."""
+    total = None
+    for x, y, n in data.batches():
+        v = fn(x, y) * (n / data.n)
+        total = v if total is None else total + v
+    return total
+
+
+def move_inputs(inputs, device, dtype):
+    return to_device(inputs, device, dtype)

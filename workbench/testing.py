@@ -1,0 +1,68 @@
+"""Fixtures for the probe contract suite: hostile models that expose state leaks.
+
+A *hostile* model is in train mode (one submodule left in eval), has BatchNorm with non-trivial
+running statistics, dropout, a frozen layer (``requires_grad=False``) and stale ``.grad`` on some
+parameters, all of which a careless probe would change.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class HostileNet(nn.Module):
+    def __init__(self, d_in=8, hidden=16, n_classes=3):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.bn = nn.BatchNorm1d(hidden)
+        self.drop = nn.Dropout(0.3)
+        self.frozen = nn.Linear(hidden, hidden)
+        self.head = nn.Linear(hidden, n_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.fc1(x)))
+        h = torch.tanh(self.frozen(self.drop(h)))
+        return self.head(h)
+
+
+def hostile_model(seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    m = HostileNet()
+    m.train()
+    with torch.no_grad():
+        for _ in range(3):  # move the BN running stats away from their defaults
+            m(torch.randn(32, 8, generator=g) * 2 + 1)
+        nn.init.zeros_(m.bn.bias)  # an all-zero 1-D parameter (crashes some normalisers)
+    m.frozen.requires_grad_(False)
+    m.drop.eval()  # mixed flags: restored per module, not by a blanket model.train()
+    m.fc1.weight.grad = torch.randn(m.fc1.weight.shape, generator=g)  # stale grad
+    m.head.bias.grad = torch.zeros(3)
+    return m
+
+
+def hostile_data(seed: int = 0, n: int = 40):
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(n, 8, generator=g)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return x, y
+
+
+def hostile_case(seed: int = 0):
+    return hostile_model(seed), nn.CrossEntropyLoss(), hostile_data(seed)
+
+
+class Trap:
+    """Forward hook that raises ``exc`` on the ``at``-th call of the module (planted failures)."""
+
+    def __init__(self, module: nn.Module, exc: BaseException, at: int = 1):
+        self.exc, self.at, self.calls = exc, at, 0
+        self.handle = module.register_forward_hook(self)
+
+    def __call__(self, module, inputs, output):
+        self.calls += 1
+        if self.calls >= self.at:
+            raise self.exc
+
+    def remove(self):
+        self.handle.remove()
