@@ -213,8 +213,8 @@ def _cat(parts):
 
 def _is_batch_list(data) -> bool:
     """A list of two (inputs, targets) batches looks like a pair; tell them apart."""
-    return all(isinstance(b, (tuple, list)) and len(b) == 2 and isinstance(b[0], torch.Tensor) for b in data) and \
-        isinstance(data, list)
+    return isinstance(data, list) and all(
+        isinstance(b, (tuple, list)) and len(b) == 2 and isinstance(b[1], torch.Tensor) for b in data)
 
 
 def as_data(data, device=None, dtype=None, check_finite: bool = True) -> Data:

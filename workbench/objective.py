@@ -108,7 +108,7 @@ class Objective:
             with torch.enable_grad():
                 loss, _ = self._batch_loss(self.space.unflatten(th), x, y, base)
                 (gb,) = torch.autograd.grad(loss, th)
-            total += float(loss) * n
+            total += float(loss.detach()) * n
             g += gb * (n / data.n)
         return total / data.n, g
 
