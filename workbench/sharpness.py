@@ -418,6 +418,9 @@ def worst_case_sharpness(model: nn.Module, loss_fn, data, rho=0.1, adaptive: boo
             ball = Ball(obj.theta0, r, norm, adaptive, eta)
             l0, g0 = obj.loss_and_grad(data=s)
             u = ball.project_u(ball.first_order(g0) / torch.where(ball.c > 0, ball.c, torch.ones_like(ball.c)))
+            if not bool((u != 0).any()):  # zero gradient (a critical point): start from a random point of the ball
+                z = torch.randn(u.shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64).to(u)
+                u = ball.project_u(z * (r / z.norm() if ball.p == 2 else r))
             best_u, best = u, _loss_on(obj, obj.theta0 + ball.c * u, s)
             step, mom = 2 * r, torch.zeros_like(u)
             for _ in range(int(n_steps)):

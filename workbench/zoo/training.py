@@ -43,7 +43,7 @@ def _sam_step(model, opt, lf, xb, yb, rho):
         for p, e in zip(params, eps):
             p.sub_(e)
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def train(arch, arch_kwargs=None, optimizer="sgd", lr=0.05, momentum=0.9, batch_size=32, epochs=30,
