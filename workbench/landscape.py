@@ -55,6 +55,10 @@ def _coords(coords, steps, span, default_steps=21):
 
 
 def _as_direction(space: ParamSpace, d, what="direction") -> torch.Tensor:
+    if isinstance(d, np.ndarray) and d.ndim == 1:  # e.g. a Hessian eigenvector from hessian_eigenvalues
+        d = torch.from_numpy(d)
+    if isinstance(d, torch.Tensor) and d.dim() == 1 and d.numel() != space.numel and d.numel() > len(space.names):
+        raise ValueError(f"{what}: a flat vector must have {space.numel} entries (the parameter space), got {d.numel()}")
     if isinstance(d, torch.Tensor) and d.dim() == 1 and d.numel() == space.numel:
         v = d.to(space.device, space.dtype)
     else:
@@ -96,7 +100,11 @@ class _Grid:
         n = len(coeffs)
         loss = np.full(n, np.nan)
         acc = np.full(n, np.nan)
-        bar = tqdm(total=n, desc=self.desc, disable=not self.progress or n < 2, leave=False)
+        # progress: True/False for a tqdm.auto bar, or a callable progress(done, total) (widgets)
+        cb = self.progress if callable(self.progress) else None
+        bar = tqdm(total=n, desc=self.desc, disable=cb is not None or not self.progress or n < 2, leave=False)
+        if cb is not None:
+            bar.update = lambda k, _u=bar.update: (_u(k), cb(bar.n, n))
         try:
             if self.engine == "loop":
                 for i, c in enumerate(coeffs):

@@ -3,5 +3,7 @@
 Functions take the xarray a probe returned and never compute probes themselves.
 """
 from .landscape import interpolation, slice_1d, slice_2d
+from .sharpness import eigenvalues, over_checkpoints, sharpness_vs_rho, spectral_density
 
-__all__ = ["slice_1d", "slice_2d", "interpolation"]
+__all__ = ["slice_1d", "slice_2d", "interpolation", "eigenvalues", "spectral_density", "sharpness_vs_rho",
+           "over_checkpoints"]

@@ -1,0 +1,66 @@
+"""Widgets driven from Python (the browser tests drive them in JupyterLab)."""
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.widgets import LandscapeExplorer, SharpnessExplorer
+
+
+def _setup():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    g = torch.Generator().manual_seed(0)
+    return m, nn.CrossEntropyLoss(), (torch.randn(60, 4, generator=g), torch.randint(0, 3, (60,), generator=g))
+
+
+def test_landscape_explorer_updates_in_place_when_a_control_moves():
+    m, lf, data = _setup()
+    ex = LandscapeExplorer(m, lf, data, steps=11, coarse=5, background=False)
+    contour = ex.fig.data[0]
+    assert np.asarray(contour.z).shape == (11, 11) and ex.result.shape == (11, 11)
+    z0 = np.asarray(contour.z).copy()
+    ex.span.value = 0.3
+    assert ex.fig.data[0] is contour  # the same trace object, updated in place
+    assert max(contour.x) == 0.3 and not np.allclose(np.asarray(contour.z), z0)
+    ex.steps.value = 7
+    assert np.asarray(contour.z).shape == (7, 7)
+    ex.kind.value = "hessian"
+    assert "hessian" in ex.fig.layout.title.text and ex.job.last_error is None
+
+
+def test_landscape_explorer_pca_overlays_the_trajectory():
+    m, lf, data = _setup()
+    traj = []
+    for i in range(4):
+        c = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        c.load_state_dict({k: v + 0.1 * (3 - i) * torch.randn_like(v) for k, v in m.state_dict().items()})
+        traj.append(c)
+    traj.append(m)
+    ex = LandscapeExplorer(m, lf, data, checkpoints=traj, steps=5, background=False)
+    ex.kind.value = "pca"
+    assert len(ex.fig.data[2].x) == 5 and ex.fig.data[2].x[-1] == 0
+
+
+def test_a_running_computation_can_be_cancelled():
+    m, lf, data = _setup()
+    ex = LandscapeExplorer(m, lf, data, steps=61, coarse=61, background=True)
+    time.sleep(0.05)
+    ex.job.cancel()
+    ex.job.wait(30)
+    assert "cancelled" in ex.job.status.value
+    assert ex.job.last_error is None
+
+
+def test_sharpness_explorer_resmooths_without_new_hvps():
+    m, lf, data = _setup()
+    ex = SharpnessExplorer({"a": m}, lf, data, k=2, n_runs=2, n_steps=8, background=False)
+    d = ex.density_fig.data[0]
+    y0 = np.asarray(d.y).copy()
+    n_hvp = ex.densities["a"].attrs["n_hvp"]
+    ex.sigma.value = 0.1
+    assert not np.allclose(np.asarray(d.y), y0)
+    assert ex.densities["a"].attrs["n_hvp"] == n_hvp
+    ex.adaptive.value = True
+    assert "adaptive" in ex.rho_fig.layout.title.text and len(ex.rho_fig.data[0].x) == 6

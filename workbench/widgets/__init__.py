@@ -1,0 +1,10 @@
+"""Interactive explorers (ipywidgets + plotly FigureWidget) over the probes.
+
+Each explorer is a thin layer: controls call a probe (in a background thread, cancellable with
+the Stop button), and the figure updates in place. ``background=False`` runs synchronously
+(tests, scripts).
+"""
+from .landscape import LandscapeExplorer
+from .sharpness import SharpnessExplorer
+
+__all__ = ["LandscapeExplorer", "SharpnessExplorer"]
