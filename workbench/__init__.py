@@ -9,5 +9,6 @@ from .config import get_threads, set_threads, threads  # noqa: E402
 from .results import concat, load, save  # noqa: E402
 from .state import preserve  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
+from . import widgets  # noqa: E402,F401
 
 __all__ = ["__version__", "set_threads", "get_threads", "threads", "save", "load", "concat", "preserve", "evaluate"]
