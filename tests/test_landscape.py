@@ -238,3 +238,25 @@ def test_pca_directions_match_sklearn():
     s = L.slice_2d(traj[-1], nn.MSELoss(), (torch.randn(8, 5), torch.randn(8, 3)), directions=dirs, steps=3,
                    trajectory=info["coords"], progress=False)
     assert s.trajectory_alpha.shape == (6,) and "loss" in s
+
+
+def test_tied_weights_move_together():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Linear(4, 4, bias=False)
+            self.out = nn.Linear(4, 4, bias=False)
+            self.out.weight = self.emb.weight  # one Parameter, two names
+
+        def forward(self, x):
+            return self.out(torch.tanh(self.emb(x)))
+
+    torch.manual_seed(0)
+    m = Tied().eval()
+    x, y = torch.randn(10, 4), torch.randint(0, 4, (10,))
+    d = {"emb.weight": torch.randn(4, 4)}
+    s = L.slice_1d(m, nn.CrossEntropyLoss(), (x, y), direction=d, coords=[0.5], progress=False)
+    ref = copy.deepcopy(m)
+    with torch.no_grad():
+        ref.emb.weight.add_(0.5 * d["emb.weight"])  # moves both uses
+        assert float(s[0]) == pytest.approx(float(nn.functional.cross_entropy(ref(x), y)), rel=1e-6)

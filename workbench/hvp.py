@@ -98,12 +98,12 @@ class HVP:
     # numpy float64 interface for the linear algebra
     def mv_np(self, v: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).ravel())
-        return self.mv(t).double().cpu().numpy()
+        return self.mv(t).detach().double().cpu().numpy()
 
     def matmat_np(self, V: np.ndarray) -> np.ndarray:
         """H @ V for V of shape (P, k) (columns are vectors)."""
         t = torch.from_numpy(np.ascontiguousarray(V.T, dtype=np.float64))
-        return self.matmat(t).double().cpu().numpy().T
+        return self.matmat(t).detach().double().cpu().numpy().T
 
     def as_linear_operator(self):
         from scipy.sparse.linalg import LinearOperator

@@ -139,7 +139,7 @@ class _Grid:
         correct = torch.zeros_like(total)
         is_clf = self.accuracy
         for x, y, nb in obj.data.batches():
-            base = obj.space.base_tensors()
+            base = obj._base()
 
             def one(th):
                 t = dict(base)
@@ -326,7 +326,7 @@ def _repaired_buffers(obj: Objective, theta: torch.Tensor, repair_data) -> dict:
         for m, mom, tr in saved:
             m.momentum = mom
             m.training = tr
-    return {k: v for k, v in base.items() if k not in dict(model.named_parameters())}
+    return {k: v for k, v in base.items() if k not in dict(model.named_parameters(remove_duplicate=False))}
 
 
 def _case_interp():

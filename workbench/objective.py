@@ -54,13 +54,21 @@ class Objective:
         self.space = ParamSpace(model, params)
         self.fresh = mode == "train"
         self._checked = False
+        # parameters outside the probed subset enter detached (no graph through them); computed once
+        moved = set(self.space.names) | {a for al in self.space.aliases.values() for a in al}
+        self._fixed = {n: p.detach() for n, p in model.named_parameters(remove_duplicate=False) if n not in moved}
 
     @property
     def theta0(self) -> torch.Tensor:
         return self.space.theta0
 
     def _base(self):
-        return self.space.base_tensors(fresh_buffers=self.fresh)
+        # eval mode: only the parameters being moved are swapped in (the rest are the module's own,
+        # which no probe writes); train mode: fresh buffer copies so running statistics stay put
+        base = dict(self._fixed)
+        if self.fresh:
+            base.update(self.space.fresh_buffers())
+        return base
 
     def _batch_loss(self, theta_dict, x, y, base):
         tensors = dict(base)

@@ -71,6 +71,12 @@ class ParamSpace:
         else:
             raise TypeError("params: expected None, a regex string or a list of parameter/module names")
         self.names = [n for n, _ in chosen]
+        # tied weights (one Parameter under several names): every alias gets the same value, so that
+        # functional_call can run with tie_weights=False (cheaper: no untie map per call)
+        by_id = {}
+        for n, p in model.named_parameters(remove_duplicate=False):
+            by_id.setdefault(id(p), []).append(n)
+        self.aliases = {n: [a for a in by_id[id(p)] if a != n] for n, p in chosen if len(by_id[id(p)]) > 1}
         self.shapes = [tuple(p.shape) for _, p in chosen]
         self.numels = [p.numel() for _, p in chosen]
         self.numel = sum(self.numels)
@@ -108,19 +114,30 @@ class ParamSpace:
         for n, s, k in zip(self.names, self.shapes, self.numels):
             out[n] = vec[..., i:i + k].reshape(*lead, *s)
             i += k
+        for n, al in self.aliases.items():
+            for a in al:
+                out[a] = out[n]
         return out
 
     def split(self, vec: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.unflatten(vec).values())
+        return [t for n, t in self.unflatten(vec).items() if n in self._name_set]
+
+    @property
+    def _name_set(self):
+        return set(self.names)
 
     # -- functional evaluation ----------------------------------------------
     def base_tensors(self, fresh_buffers: bool = False) -> dict[str, torch.Tensor]:
-        """All parameters and buffers of the model by name (detached)."""
-        d = {n: p.detach() for n, p in self.model.named_parameters()}
-        for n, b in self.model.named_buffers():
+        """All parameters and buffers of the model by name (detached, aliases included)."""
+        d = {n: p.detach() for n, p in self.model.named_parameters(remove_duplicate=False)}
+        for n, b in self.model.named_buffers(remove_duplicate=False):
             # train-mode BatchNorm writes running stats into the buffers it is given: hand it copies
             d[n] = b.detach().clone() if fresh_buffers else b.detach()
         return d
+
+    def fresh_buffers(self) -> dict[str, torch.Tensor]:
+        """Copies of the buffers (train-mode BatchNorm updates the buffers it is given in place)."""
+        return {n: b.detach().clone() for n, b in self.model.named_buffers(remove_duplicate=False)}
 
     def call(self, theta: torch.Tensor | Mapping, inputs, fresh_buffers: bool = False, base=None):
         """Model outputs at parameters ``theta`` (flat vector or dict of the chosen parameters)."""
@@ -130,11 +147,14 @@ class ParamSpace:
 
 
 def forward(model, tensors, inputs):
+    """``model(inputs)`` with ``tensors`` (a partial dict by name, aliases of tied weights included)
+    swapped in for the module's own; tensors not given are the module's own, untouched."""
+    kw = dict(strict=False, tie_weights=False)
     if isinstance(inputs, Mapping):
-        return functional_call(model, tensors, args=(), kwargs=dict(inputs), strict=False)
+        return functional_call(model, tensors, args=(), kwargs=dict(inputs), **kw)
     if isinstance(inputs, tuple):
-        return functional_call(model, tensors, inputs, strict=False)
-    return functional_call(model, tensors, (inputs,), strict=False)
+        return functional_call(model, tensors, inputs, **kw)
+    return functional_call(model, tensors, (inputs,), **kw)
 
 
 def check_targets(outputs, targets, loss_fn=None) -> None:
