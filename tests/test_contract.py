@@ -32,7 +32,8 @@ def _leaf_with_forward(model):
 
 
 def test_registry_is_not_empty():
-    assert {"evaluate", "landscape.slice_1d", "landscape.slice_2d", "landscape.interpolate"} <= set(PROBES)
+    assert {"evaluate", "landscape.slice_1d", "landscape.slice_2d", "landscape.interpolate", "attention.entropy",
+            "sharpness.hessian_eigenvalues", "sharpness.sam_sharpness"} <= set(PROBES)
 
 
 @pytest.fixture(params=sorted(PROBES))

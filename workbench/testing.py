@@ -66,3 +66,34 @@ class Trap:
 
     def remove(self):
         self.handle.remove()
+
+
+class HostileTransformer(nn.Module):
+    """A torch-native encoder with dropout, a frozen layer and a stale .grad, in train mode."""
+
+    def __init__(self, d=16, heads=4, layers=2):
+        super().__init__()
+        self.embed = nn.Linear(6, d)
+        layer = nn.TransformerEncoderLayer(d, heads, dim_feedforward=32, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.drop = nn.Dropout(0.2)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x, src_key_padding_mask=None):
+        h = self.encoder(self.drop(self.embed(x)), src_key_padding_mask=src_key_padding_mask)
+        return self.head(h[:, 0])
+
+
+def hostile_transformer(seed: int = 0):
+    torch.manual_seed(seed)
+    m = HostileTransformer()
+    m.train()
+    m.encoder.layers[0].requires_grad_(False)
+    m.drop.eval()
+    m.head.weight.grad = torch.ones_like(m.head.weight)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(3, 7, 6, generator=g)
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[1, 5:] = True  # padded positions
+    mask[2, 3:] = True
+    return m, x, mask

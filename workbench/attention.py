@@ -1,0 +1,580 @@
+"""Attention-entropy probe: per layer and head (and per example or query) entropy of attention
+probabilities, maximum attention logit and first-token ("sink") mass, for any transformer,
+under any attention kernel, without changing the model or its config.
+
+Capture. A :class:`torch.overrides.TorchFunctionMode` is active during one forward pass and
+intercepts
+
+* ``F.scaled_dot_product_attention`` (HuggingFace sdpa, timm fused attention, hand-written code):
+  the probabilities are recomputed from q, k, the mask, ``scale`` and ``is_causal`` (GQA aware);
+* ``F.multi_head_attention_forward`` (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``; an
+  active mode also turns off torch's fused fast path): called with ``need_weights=True,
+  average_attn_weights=False`` and its per-head weights used; the caller gets what it asked for;
+* ``softmax`` over the last dim of a 4-D tensor inside a module whose class name contains
+  "Attention" or that is named in ``attention_modules`` (eager HuggingFace attention, hand-written
+  attention): the softmax input is the masked, scaled logits.
+
+The real kernel still runs, so the model's outputs are unchanged. Each call is attributed to the
+innermost module running it (temporary forward hooks); each such module is one ``layer``.
+
+Definitions (Zhai et al. 2023 for entropy; Wortsman et al. 2023 for the logit):
+
+* entropy of query row i: ``H_i = -sum_j p_ij ln p_ij`` over allowed keys (nats; padded or causally
+  disallowed keys have p = 0);
+* normalised entropy ``H_i / ln n_i``, n_i the number of allowed keys (``ln(i + 1)`` for causal rows;
+  rows with one allowed key are left out of it);
+* max attention logit: ``max_j q_i . k_j * scale`` over allowed keys (before the mask is added);
+* sink mass ``p_i0``: the probability on the first key.
+
+A query row counts if it is valid: in self-attention (equal query and key lengths) query i of example
+b is valid iff key i is not padding (allowed for at least one query), or as given by the
+``attention_mask`` of mapping inputs; fully masked rows never count. Per-head values are
+token-weighted means over valid (example, query) rows, accumulated in float64. Reductions happen
+inside the interception in chunks of ``query_chunk`` queries, so no layer's full attention tensor is
+kept: memory stays near a plain forward pass.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import xarray as xr
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .registry import probe
+from .results import provenance
+
+_NEG = -1e30  # stands for "disallowed" in finite arithmetic (0 * _NEG is 0, not NaN)
+
+
+class _Acc:
+    """Per-layer accumulators: sums over valid rows per head (and per example / query on request)."""
+
+    def __init__(self, name, resolution):
+        self.name, self.resolution = name, resolution
+        self.parts = []  # per call: dict of tensors (B, H) sums or (B, H, T) per-row values
+        self.kind = None
+
+    def add(self, rows: dict, kind: str):
+        self.kind = self.kind or kind
+        self.parts.append(rows)
+
+
+def _row_stats(logits, allowed, valid_q):
+    """Per-row statistics for logits (B, H, c, S) float32, allowed (B|1, H|1, c, S) bool,
+    valid_q (B, c) bool. Returns dict of (B, H, c) float64 tensors (NaN where the row is invalid)."""
+    z = torch.where(allowed, logits, torch.full((), _NEG, dtype=logits.dtype, device=logits.device))
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)
+    p = torch.exp(z - lse)
+    ent = (lse.squeeze(-1) - (p * z).sum(-1)).double()
+    n_allowed = allowed.sum(-1).expand(ent.shape).double()
+    maxlogit = torch.where(allowed, logits, torch.full((), -math.inf, dtype=logits.dtype,
+                                                       device=logits.device)).amax(-1).double()
+    sink = p[..., 0].double()
+    ok = (n_allowed > 0) & valid_q[:, None, :]
+    nan = torch.full((), math.nan, dtype=torch.float64, device=ent.device)
+    ent = torch.where(ok, ent.clamp_min(0), nan)
+    norm = torch.where(ok & (n_allowed > 1), ent / torch.log(n_allowed.clamp_min(2)), nan)
+    return {"entropy": ent, "normalized_entropy": norm, "max_logit": torch.where(ok, maxlogit, nan),
+            "sink_mass": torch.where(ok, sink, nan)}
+
+
+class _Capture(TorchFunctionMode):
+    def __init__(self, model, query_mask, resolution, query_chunk, attention_modules, keep=None):
+        super().__init__()
+        self.model = model
+        self.query_mask = query_mask  # (B, T) bool or None
+        self.resolution = resolution
+        self.chunk = int(query_chunk)
+        self.stack: list[str] = []
+        self.layers: dict[str, list] = {}
+        self.kinds: dict[str, str] = {}
+        self.explicit = set(attention_modules or [])
+        self.keep = keep  # (layer index, example) for an attention map, or None
+        self.maps = {}
+        self._names = {m: n for n, m in model.named_modules()}
+        self._handles = []
+
+    # -- module stack ----------------------------------------------------------------------------
+    def __enter__(self):
+        for m, n in self._names.items():
+            self._handles.append(m.register_forward_pre_hook(lambda mod, args, n=n: self.stack.append(n)))
+            self._handles.append(m.register_forward_hook(lambda mod, args, out, n=n: self._pop(n), always_call=True))
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            for h in self._handles:
+                h.remove()
+            self._handles = []
+
+    def _pop(self, n):
+        if self.stack and self.stack[-1] == n:
+            self.stack.pop()
+
+    def _current(self):
+        return self.stack[-1] if self.stack else "<model>"
+
+    def _in_attention_module(self):
+        for n in reversed(self.stack):
+            mod = dict(self.model.named_modules()).get(n) if n not in self._mods_cache else self._mods_cache[n]
+            if n in self.explicit or "attention" in type(mod).__name__.lower():
+                return n
+        return None
+
+    @property
+    def _mods_cache(self):
+        if not hasattr(self, "_mc"):
+            self._mc = dict(self.model.named_modules())
+        return self._mc
+
+    # -- interception --------------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            self._sdpa(*args, **kwargs)
+            return func(*args, **kwargs)
+        if func is F.multi_head_attention_forward:
+            return self._mha(func, args, kwargs)
+        if func in (F.softmax, torch.softmax, torch.Tensor.softmax):
+            x = args[0]
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if isinstance(x, torch.Tensor) and x.dim() == 4 and dim in (-1, 3):
+                owner = self._in_attention_module()
+                if owner is not None:
+                    allowed = (x > torch.finfo(x.dtype).min / 2) & torch.isfinite(x) | (x == math.inf)
+                    self._record(owner, x.float(), allowed, "softmax")
+        return func(*args, **kwargs)
+
+    def _valid_queries(self, allowed_full, B, T, S):
+        """(B, T) bool: valid query rows (see module docstring)."""
+        if self.query_mask is not None and self.query_mask.shape == (B, T) and T == S:
+            return self.query_mask.to(allowed_full.device)
+        if T == S:  # self-attention: key i padding <=> query i padding
+            key_used = allowed_full.any(dim=-2)  # (B|1, H|1, S): allowed for some query
+            return key_used.all(dim=1).expand(B, S) if key_used.shape[0] == B else key_used.all(dim=1).expand(B, S)
+        return torch.ones(B, T, dtype=torch.bool, device=allowed_full.device)
+
+    def _sdpa(self, q, k, v=None, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if q.dim() != 4:
+            q4, k4 = q.reshape(-1, *q.shape[-3:]) if q.dim() > 4 else q[None], None
+            k4 = k.reshape(-1, *k.shape[-3:]) if k.dim() > 4 else k[None]
+            q, k = q4, k4
+        B, H, T, d = q.shape
+        S = k.shape[-2]
+        if k.shape[1] != H:  # grouped-query attention
+            k = k.repeat_interleave(H // k.shape[1], dim=1)
+        scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+        bias, allowed = None, None
+        if attn_mask is not None:
+            m = attn_mask
+            while m.dim() < 4:
+                m = m[None]
+            if m.dtype == torch.bool:
+                allowed = m
+            else:
+                allowed = m > torch.finfo(m.dtype).min / 2
+                bias = torch.where(allowed, m, torch.zeros((), dtype=m.dtype, device=m.device)).float()
+        if is_causal:
+            causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+            allowed = causal[None, None] if allowed is None else allowed & causal
+        if allowed is None:
+            allowed = torch.ones(1, 1, T, S, dtype=torch.bool, device=q.device)
+        self._record(self._current(), None, allowed, "sdpa", q=q, k=k, scale=scale, bias=bias)
+
+    def _mha(self, func, args, kwargs):
+        names = ["query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias",
+                 "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training",
+                 "key_padding_mask", "need_weights", "attn_mask", "use_separate_proj_weight", "q_proj_weight",
+                 "k_proj_weight", "v_proj_weight", "static_k", "static_v", "average_attn_weights", "is_causal"]
+        a = dict(zip(names, args))
+        a.update(kwargs)
+        want_w, avg = a.get("need_weights", True), a.get("average_attn_weights", True)
+        a["need_weights"], a["average_attn_weights"] = True, False
+        out, w = func(**a)  # w: (B, H, T, S), or (H, T, S) for unbatched inputs
+        if w is not None:
+            w4 = w if w.dim() == 4 else w[None]
+            B, H, T, S = w4.shape
+            allowed = torch.ones(B, 1, T, S, dtype=torch.bool, device=w4.device)
+            kpm, am = a.get("key_padding_mask"), a.get("attn_mask")
+            if kpm is not None:  # MHA semantics: True (or -inf) = not allowed
+                bad = kpm if kpm.dtype == torch.bool else torch.isneginf(kpm)
+                allowed = allowed & ~bad.reshape(-1, 1, 1, S)[:B] if bad.dim() > 1 else allowed & ~bad.reshape(1, 1, 1, S)
+            if am is not None:
+                bad = am if am.dtype == torch.bool else torch.isneginf(am)
+                bad = bad.reshape(B, H, T, S) if bad.dim() == 3 else bad.reshape(1, 1, T, S)
+                allowed = allowed & ~bad
+            logits = torch.log(w4.float().clamp_min(1e-45))
+            self._record(self._current(), logits, allowed, "multi_head_attention_forward", no_logit=True)
+        if not want_w:
+            return out, None
+        return out, (w.mean(dim=-3) if avg and w is not None else w)
+
+    # -- reduction ------------------------------------------------------------------------------------
+    def _record(self, layer, logits, allowed, kind, q=None, k=None, scale=None, bias=None, no_logit=False):
+        if q is not None:
+            B, H, T, _ = q.shape
+            S = k.shape[-2]
+        else:
+            B, H, T, S = logits.shape
+        allowed_full = allowed
+        valid = self._valid_queries(allowed_full, B, T, S)
+        out = {key: [] for key in ("entropy", "normalized_entropy", "max_logit", "sink_mass")}
+        for s in range(0, T, self.chunk):
+            e = min(T, s + self.chunk)
+            al = allowed[..., s:e, :] if allowed.shape[-2] == T else allowed
+            if q is not None:
+                raw = (q[:, :, s:e].float() @ k.float().transpose(-1, -2)) * scale
+                z = raw if bias is None else raw + (bias[..., s:e, :] if bias.shape[-2] == T else bias)
+                st = _row_stats(z, al, valid[:, s:e])
+                st["max_logit"] = _row_stats(raw, al, valid[:, s:e])["max_logit"]
+            else:
+                st = _row_stats(logits[:, :, s:e], al, valid[:, s:e])
+                if no_logit:
+                    st["max_logit"] = torch.full_like(st["max_logit"], math.nan)
+            if self.keep is not None and self.keep[1] < B:
+                self.maps.setdefault(layer, []).append(self._probs(q, k, scale, bias, logits, al, s, e))
+            for key in out:
+                out[key].append(st[key].cpu())
+        rows = {key: torch.cat(v, dim=-1) for key, v in out.items()}  # (B, H, T)
+        self.layers.setdefault(layer, []).append(rows)
+        self.kinds[layer] = kind
+
+    def _probs(self, q, k, scale, bias, logits, al, s, e):
+        b = self.keep[1]
+        if q is not None:
+            z = (q[b:b + 1, :, s:e].float() @ k[b:b + 1].float().transpose(-1, -2)) * scale
+            if bias is not None:
+                z = z + (bias[..., s:e, :] if bias.shape[-2] > 1 else bias)[:1] if bias.shape[0] == 1 else z + bias[b:b + 1, :, s:e]
+        else:
+            z = logits[b:b + 1, :, s:e]
+        a = al[b:b + 1] if al.shape[0] > 1 else al
+        z = torch.where(a, z, torch.full((), _NEG, dtype=z.dtype, device=z.device))
+        return torch.softmax(z, -1)[0].cpu()
+
+
+def _query_mask(inputs):
+    if isinstance(inputs, Mapping) and isinstance(inputs.get("attention_mask"), torch.Tensor):
+        m = inputs["attention_mask"]
+        if m.dim() == 2:
+            return m.bool()
+    return None
+
+
+def _call(model, inputs, kwargs):
+    if isinstance(inputs, Mapping):
+        return model(**inputs, **kwargs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs, **kwargs)
+    return model(inputs, **kwargs)
+
+
+def _to_device(x, device):
+    from .data import to_device
+
+    return to_device(x, device)
+
+
+def _is_batches(inputs):
+    from torch.utils.data import DataLoader
+
+    return isinstance(inputs, DataLoader) or (isinstance(inputs, list) and len(inputs) > 0 and
+                                              all(isinstance(b, (Mapping, torch.Tensor)) for b in inputs))
+
+
+def _run(model, inputs, forward_kwargs, resolution, query_chunk, attention_modules, keep=None, mode="eval"):
+    from .params import model_device_dtype
+    from .state import set_mode
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    set_mode(model, mode)
+    device, _ = model_device_dtype(model)
+    batches = list(inputs) if _is_batches(inputs) else [inputs]
+    if not batches:
+        raise ValueError("inputs: empty; pass a tensor, a mapping of tensors, or a DataLoader of them")
+    per_layer: dict[str, list] = {}
+    kinds, order, maps = {}, [], {}
+    n_ex = 0
+    for bi, batch in enumerate(batches):
+        if _is_batches(inputs) and isinstance(batch, (tuple, list)) and len(batch) == 2 and \
+                isinstance(batch[1], torch.Tensor) and batch[1].dim() == 1:
+            batch = batch[0]  # (inputs, labels) from a DataLoader: the labels are not needed
+        batch = _to_device(batch, device)
+        cap = _Capture(model, _query_mask(batch), resolution, query_chunk, attention_modules,
+                       keep=None if keep is None or bi > 0 else keep)
+        with torch.no_grad(), cap:
+            _call(model, batch, forward_kwargs)
+        for name, parts in cap.layers.items():
+            if name not in per_layer:
+                order.append(name)
+                per_layer[name] = []
+            per_layer[name].extend(parts)
+        kinds.update(cap.kinds)
+        maps.update(cap.maps)
+        n_ex += next(iter(cap.layers.values()))[0]["entropy"].shape[0] if cap.layers else 0
+    if not order:
+        raise ValueError(
+            "model: no attention was captured. workbench intercepts F.scaled_dot_product_attention, "
+            "F.multi_head_attention_forward and softmax inside modules whose class name contains 'Attention'. "
+            "If the model has attention under another name, pass attention_modules=['<module name>', ...] naming "
+            "the modules whose softmax computes the attention probabilities; if it calls a kernel that cannot be "
+            "intercepted (flash-attn, xformers), load it with attn_implementation='eager' (HuggingFace) or "
+            "TIMM_FUSED_ATTN=0 (timm)."
+        )
+    return order, per_layer, kinds, maps
+
+
+def _stack(order, per_layer, resolution):
+    """Concatenate calls per layer along examples: (L, B, H, T) arrays padded with NaN."""
+    rows = {}
+    for key in ("entropy", "normalized_entropy", "max_logit", "sink_mass"):
+        mats = []
+        for name in order:
+            parts = per_layer[name]
+            T = max(p[key].shape[-1] for p in parts)
+            H = max(p[key].shape[1] for p in parts)
+            padded = [torch.nn.functional.pad(p[key], (0, T - p[key].shape[-1], 0, 0), value=math.nan)
+                      for p in parts]
+            padded = [torch.cat([p, torch.full((p.shape[0], H - p.shape[1], T), math.nan, dtype=p.dtype)], 1)
+                      if p.shape[1] < H else p for p in padded]
+            mats.append(torch.cat(padded, dim=0))
+        Tm = max(m.shape[-1] for m in mats)
+        Hm = max(m.shape[1] for m in mats)
+        mats = [torch.nn.functional.pad(m, (0, Tm - m.shape[-1], 0, Hm - m.shape[1]), value=math.nan) for m in mats]
+        rows[key] = torch.stack(mats).numpy()
+    return rows
+
+
+def _reduce(arr, how, axis):
+    with np.errstate(all="ignore"), __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore", RuntimeWarning)
+        if how == "max":
+            return np.nanmax(arr, axis=axis)
+        return np.nanmean(arr, axis=axis)
+
+
+def _dataset(order, per_layer, kinds, resolution):
+    rows = _stack(order, per_layer, resolution)
+    L, B, H, T = rows["entropy"].shape
+    coords = {"layer": np.arange(L), "head": np.arange(H), "module": ("layer", np.array(order, dtype=object).astype(str))}
+    how = {"entropy": "mean", "normalized_entropy": "mean", "max_logit": "max", "sink_mass": "mean"}
+    meta = {
+        "entropy": ("attention entropy", "nats"),
+        "normalized_entropy": ("attention entropy / ln(number of allowed keys)", "1"),
+        "max_logit": ("maximum attention logit q.k*scale", "1"),
+        "sink_mass": ("attention probability on the first key", "1"),
+    }
+    data = {}
+    for key, arr in rows.items():
+        if resolution == "head":  # token-weighted over (example, query)
+            v = _reduce(arr.transpose(0, 2, 1, 3).reshape(L, H, B * T), how[key], -1)
+            dims = ("layer", "head")
+        elif resolution == "example":
+            v = _reduce(arr, how[key], -1).transpose(0, 2, 1)  # (L, H, B)
+            dims = ("layer", "head", "example")
+        elif resolution == "query":
+            v = arr.transpose(0, 2, 1, 3)  # (L, H, B, T)
+            dims = ("layer", "head", "example", "query")
+        else:
+            raise ValueError(f"resolution: expected 'head', 'example' or 'query', got {resolution!r}")
+        data[key] = (dims, v, {"long_name": meta[key][0], "units": meta[key][1]})
+    n_rows = np.isfinite(rows["entropy"]).transpose(0, 2, 1, 3).reshape(L, H, -1).sum(-1)
+    data["n_rows"] = (("layer", "head"), n_rows.astype(np.int64), {"long_name": "valid query rows averaged"})
+    ds = xr.Dataset(data, coords=coords)
+    if resolution != "head":
+        ds = ds.assign_coords(example=np.arange(B))
+    if resolution == "query":
+        ds = ds.assign_coords(query=np.arange(T))
+    ds.attrs["capture"] = ",".join(sorted(set(kinds.values())))
+    return ds
+
+
+def _case():
+    from .testing import hostile_transformer
+
+    m, x, mask = hostile_transformer()
+    return (m, x), dict(src_key_padding_mask=mask)
+
+
+@probe("attention.attention_stats", case=_case)
+def attention_stats(model: nn.Module, inputs, *, resolution: str = "head", query_chunk: int = 128,
+                    attention_modules=None, mode: str = "eval", **forward_kwargs) -> xr.Dataset:
+    """Entropy, normalised entropy, max attention logit and sink mass per (layer, head) in one forward
+    pass (see the module docstring for the definitions and masking rules).
+
+    ``inputs``: a mapping (passed as keyword arguments, e.g. a tokenizer's output with
+    ``attention_mask``), a tensor or tuple (passed positionally), or a DataLoader / list of such
+    batches. ``forward_kwargs`` go to the forward call (``src_key_padding_mask``, ``mask``, ``is_causal``...).
+    ``resolution``: ``"head"`` (token-weighted mean over valid rows), ``"example"`` or ``"query"``.
+    """
+    order, per_layer, kinds, _ = _run(model, inputs, forward_kwargs, resolution, query_chunk, attention_modules,
+                                      mode=mode)
+    ds = _dataset(order, per_layer, kinds, resolution)
+    ds.attrs.update(provenance("attention.attention_stats", dict(resolution=resolution, mode=mode,
+                                                                 forward_kwargs=sorted(forward_kwargs)), model))
+    return ds
+
+
+def _case_entropy():
+    from .testing import hostile_transformer
+
+    m, x, mask = hostile_transformer()
+    return (m, x), dict(src_key_padding_mask=mask, normalized=True)
+
+
+@probe("attention.entropy", case=_case_entropy)
+def entropy(model: nn.Module, inputs, *, normalized: bool = False, resolution: str = "head", query_chunk: int = 128,
+            attention_modules=None, mode: str = "eval", **forward_kwargs) -> xr.DataArray:
+    """Attention entropy in nats, ``-sum_j p_ij ln p_ij`` over allowed keys, averaged over valid
+    (example, query) rows per (layer, head) (token-weighted); ``normalized=True`` divides each row by
+    ``ln`` of its number of allowed keys. See :func:`attention_stats` for the arguments."""
+    ds = attention_stats.__wrapped__(model, inputs, resolution=resolution, query_chunk=query_chunk,
+                                     attention_modules=attention_modules, mode=mode, **forward_kwargs)
+    da = ds["normalized_entropy" if normalized else "entropy"].copy()
+    da.attrs.update(provenance("attention.entropy", dict(normalized=normalized, resolution=resolution, mode=mode,
+                                                         forward_kwargs=sorted(forward_kwargs)), model))
+    da.attrs["capture"] = ds.attrs["capture"]
+    return da
+
+
+def attention_map(model: nn.Module, inputs, layer: int, example: int = 0, *, attention_modules=None,
+                  **forward_kwargs) -> xr.DataArray:
+    """Full attention probabilities of one example at one layer, over (head, query, key)."""
+    from .state import preserve
+
+    with preserve(model):
+        order, per_layer, kinds, maps = _run(model, inputs, forward_kwargs, "head", 128, attention_modules,
+                                             keep=(layer, example))
+    if not 0 <= layer < len(order):
+        raise ValueError(f"layer: the model has {len(order)} attention layers (0..{len(order) - 1}), got {layer}")
+    p = torch.cat(maps[order[layer]], dim=-2).numpy() if order[layer] in maps else None
+    if p is None:
+        raise ValueError(f"example: no example {example} in the inputs")
+    return xr.DataArray(p, dims=("head", "query", "key"), name="attention",
+                        attrs={"long_name": f"attention probabilities, {order[layer]}", "units": "1",
+                               "module": order[layer], "example": int(example)})
+
+
+# -- detectors ---------------------------------------------------------------------------------
+
+def detect_collapse(stats, threshold: float = 0.1) -> xr.DataArray:
+    """Entropy collapse: heads whose mean normalised entropy is below ``threshold`` (default 0.1:
+    the head puts nearly all its mass on one key; Zhai et al. 2023)."""
+    ne = stats["normalized_entropy"] if isinstance(stats, xr.Dataset) else stats
+    out = (ne < threshold).rename("collapsed")
+    out.attrs = {"long_name": "entropy collapse", "threshold": float(threshold),
+                 "reason": f"mean normalised entropy H / ln(n_keys) < {threshold}: attention concentrates on one key"}
+    return out
+
+
+def detect_overload(stats, threshold: float = 0.9, early_fraction: float = 1 / 3) -> xr.DataArray:
+    """Entropic overload: heads in the first ``early_fraction`` of layers whose mean normalised
+    entropy exceeds ``threshold`` (default 0.9: nearly uniform attention; Jha & Reagen 2025)."""
+    ne = stats["normalized_entropy"] if isinstance(stats, xr.Dataset) else stats
+    n_early = max(1, int(math.ceil(ne.sizes["layer"] * early_fraction)))
+    early = xr.DataArray(np.arange(ne.sizes["layer"]) < n_early, dims="layer", coords={"layer": ne.layer})
+    out = ((ne > threshold) & early).rename("overloaded")
+    out.attrs = {"long_name": "entropic overload", "threshold": float(threshold), "early_layers": int(n_early),
+                 "reason": f"mean normalised entropy > {threshold} in the first {n_early} layer(s): near-uniform attention"}
+    return out
+
+
+# -- from the weights alone --------------------------------------------------------------------
+
+def _qk_weights(model):
+    """[(module name, W_Q (H, d_h, D), W_K (H, d_h, D))] for recognised attention modules."""
+    out = []
+    for name, m in model.named_modules():
+        q = k = None
+        H = None
+        if isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
+            D = m.embed_dim
+            q, k, H = m.in_proj_weight[:D], m.in_proj_weight[D:2 * D], m.num_heads
+        else:
+            for qa, ka in (("query", "key"), ("q", "k"), ("q_proj", "k_proj")):
+                qm, km = getattr(m, qa, None), getattr(m, ka, None)
+                if isinstance(qm, nn.Linear) and isinstance(km, nn.Linear):
+                    q, k = _eff_weight(qm), _eff_weight(km)
+                    H = getattr(m, "num_attention_heads", None) or getattr(m, "heads", None) or \
+                        getattr(m, "num_heads", None)
+                    break
+        if q is not None and H:
+            d_h = q.shape[0] // H
+            out.append((name, q.detach().reshape(H, d_h, -1), k.detach().reshape(H, d_h, -1)))
+    return out
+
+
+def _eff_weight(lin):
+    if hasattr(lin, "effective_weight"):
+        was = lin.training
+        lin.eval()
+        try:
+            return lin.effective_weight()
+        finally:
+            lin.train(was)
+    return lin.weight
+
+
+def qk_spectral_norms(model: nn.Module) -> xr.DataArray:
+    """sigma_h = ||W_Q^h^T W_K^h||_2 / sqrt(d_h) per (layer, head): the largest attention logit a pair of
+    unit-norm inputs can produce (Zhai et al. 2023 bound attention entropy from below by a function of
+    it). Recognises nn.MultiheadAttention and modules with query/key, q/k or q_proj/k_proj Linears."""
+    from .state import preserve
+
+    with preserve(model), torch.no_grad():
+        ws = _qk_weights(model)
+        if not ws:
+            raise ValueError("model: no attention module with recognisable query/key projections "
+                             "(nn.MultiheadAttention, or Linear attributes query/key, q/k, q_proj/k_proj)")
+        H = max(w[1].shape[0] for w in ws)
+        arr = np.full((len(ws), H), np.nan)
+        for i, (_, wq, wk) in enumerate(ws):
+            d_h = wq.shape[1]
+            for h in range(wq.shape[0]):
+                arr[i, h] = float(torch.linalg.matrix_norm(wq[h].double().T @ wk[h].double(), ord=2)) / math.sqrt(d_h)
+    return xr.DataArray(arr, dims=("layer", "head"), name="qk_spectral_norm",
+                        coords={"layer": np.arange(len(ws)), "head": np.arange(H),
+                                "module": ("layer", [w[0] for w in ws])},
+                        attrs={"long_name": "||W_Q^T W_K||_2 / sqrt(d_h)", "units": "1"})
+
+
+def entropy_lower_bound(sigma, n_keys):
+    """Lower bound on the entropy of an attention row over ``n_keys = T`` keys whose logits all lie in
+    ``[-sigma, sigma]``, as they do for unit-norm inputs and ``||W_Q^T W_K||_2 / sqrt(d) = sigma``
+    (:func:`qk_spectral_norms`). The minimum over such logits puts one at +sigma and the rest at -sigma:
+    with ``beta = exp(-2 sigma)``,
+    ``H >= ln(1 + (T - 1) beta) + 2 sigma (T - 1) beta / (1 + (T - 1) beta)``.
+    It equals ln T at sigma = 0 and decays exponentially in sigma: the mechanism of Zhai et al.
+    (2023, Thm 3.1), who state a tighter bound of the same form; we ship this elementary one because
+    our transcription of theirs could not be verified (a numerical check found it violated).
+    LayerNorm's learned gain makes real inputs non-unit, so for a trained model it is a guide."""
+    s = np.asarray(sigma, dtype=float)
+    T = np.asarray(n_keys, dtype=float)
+    beta = np.exp(-2 * s)
+    return np.log1p((T - 1) * beta) + 2 * s * (T - 1) * beta / (1 + (T - 1) * beta)
+
+
+# -- across checkpoints ----------------------------------------------------------------------
+
+def over_checkpoints(models, inputs, *, losses=None, dim: str = "checkpoint", progress: bool = True,
+                     **kwargs) -> xr.Dataset:
+    """:func:`attention_stats` for each model of a list / dict (checkpoints of a run), stacked along
+    ``dim`` ("checkpoint" or "step"), with ``losses`` (e.g. the training loss) alongside."""
+    from tqdm.auto import tqdm
+
+    items = list(models.items()) if isinstance(models, dict) else list(enumerate(models))
+    if not items:
+        raise ValueError("models: empty")
+    parts = [attention_stats(m, inputs, **kwargs) for _, m in tqdm(items, desc="attention over checkpoints",
+                                                                    disable=not progress, leave=False)]
+    ds = xr.concat(parts, dim=dim, combine_attrs="drop_conflicts").assign_coords({dim: [k for k, _ in items]})
+    if losses is not None:
+        ds["loss"] = (dim, np.asarray(list(losses), float), {"long_name": "training loss"})
+    return ds
