@@ -11,6 +11,7 @@ NB = Path(__file__).resolve().parents[1] / "notebooks"
 CASES = {
     "loss_landscape.ipynb": dict(steps=7, n_seeds=2),
     "sharpness.ipynb": dict(seeds=[0], n_hvp=12, archs=["mlp", "cnn"]),
+    "attention.ipynb": dict(n_sentences=4, stride=10),
 }
 
 

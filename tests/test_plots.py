@@ -47,3 +47,18 @@ def test_sharpness_figures():
     assert len(a) == len(b) and not np.allclose(a, b)
     r = S.sam_sharpness(m, lf, d, rho=[0.0, 0.1], progress=False)
     assert list(plots.sharpness_vs_rho(r).data[0].x) == [0.0, 0.1]
+
+
+def test_attention_figures():
+    from workbench import attention as A
+    from workbench.testing import hostile_transformer
+
+    m, x, mask = hostile_transformer()
+    st = A.attention_stats(m, x, src_key_padding_mask=mask)
+    hm = plots.heatmap(st, "normalized_entropy")
+    np.testing.assert_allclose(np.asarray(hm.data[0].z), st.normalized_entropy.values)
+    att = A.attention_map(m, x, layer=0, example=1, src_key_padding_mask=mask)
+    assert np.asarray(plots.attention_map(att, head=2).data[0].z).shape == (7, 7)
+    ov = A.over_checkpoints([m, m], x, losses=[1.0, 0.5], dim="step", progress=False, src_key_padding_mask=mask)
+    assert len(plots.over_training(ov).data) == 2 * 4 + 1
+    assert len(plots.collapse_overview({"a": st}).data[0].y) == 8

@@ -64,3 +64,22 @@ def test_sharpness_explorer_resmooths_without_new_hvps():
     assert ex.densities["a"].attrs["n_hvp"] == n_hvp
     ex.adaptive.value = True
     assert "adaptive" in ex.rho_fig.layout.title.text and len(ex.rho_fig.data[0].x) == 6
+
+
+def test_attention_explorer_click_shows_the_head():
+    from workbench.testing import hostile_transformer
+    from workbench.widgets import AttentionExplorer
+
+    m, x, mask = hostile_transformer()
+    ex = AttentionExplorer(m, x, background=False, src_key_padding_mask=mask)
+    assert np.asarray(ex.head_fig.data[0].z).shape == (2, 4)
+    ex.show_head(1, 3)
+    assert "layer 1, head 3" in ex.map_fig.layout.title.text
+    z = np.asarray(ex.map_fig.data[0].z)
+    np.testing.assert_allclose(z.sum(-1), 1, atol=1e-5)
+    ex.example.value = 2
+    assert "example 2" in ex.map_fig.layout.title.text
+    assert np.asarray(ex.map_fig.data[0].z)[:, 3:].max() == 0  # example 2 is padded from position 3
+    ex.variable.value = "max_logit"
+    assert "logit" in ex.head_fig.layout.title.text
+    assert m.training  # the model was restored

@@ -4,7 +4,8 @@ Each explorer is a thin layer: controls call a probe (in a background thread, ca
 the Stop button), and the figure updates in place. ``background=False`` runs synchronously
 (tests, scripts).
 """
+from .attention import AttentionExplorer
 from .landscape import LandscapeExplorer
 from .sharpness import SharpnessExplorer
 
-__all__ = ["LandscapeExplorer", "SharpnessExplorer"]
+__all__ = ["LandscapeExplorer", "SharpnessExplorer", "AttentionExplorer"]
