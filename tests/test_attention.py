@@ -236,3 +236,27 @@ def test_attention_map_rows_sum_to_one():
     assert a.dims == ("head", "query", "key")
     np.testing.assert_allclose(a.sum("key").values, 1, atol=1e-5)
     assert float(a.isel(key=slice(4, None)).max()) == 0.0  # padded keys of example 2
+
+
+def test_fused_outputs_match_the_kernel_and_exact_mode():
+    import workbench.attention as Amod
+
+    m = _bert("sdpa")
+    inp = _bert_inputs()
+    with torch.no_grad():
+        ref = m(**inp).last_hidden_state
+    got = {}
+
+    class Spy(nn.Module):
+        pass
+
+    for exact in (False, True):
+        cap = Amod._Capture(m, inp["attention_mask"].bool(), "head", 128, None, exact_outputs=exact)
+        with torch.no_grad(), cap:
+            got[exact] = m(**inp).last_hidden_state
+    valid = inp["attention_mask"].bool()
+    assert torch.equal(got[True], ref)  # the kernel itself ran
+    torch.testing.assert_close(got[False][valid], ref[valid], rtol=1e-5, atol=1e-5)
+    a = A.attention_stats(m, inp)
+    b = A.attention_stats(m, inp, exact_outputs=True)
+    np.testing.assert_allclose(a.entropy.values, b.entropy.values, atol=1e-6)

@@ -101,3 +101,14 @@ def test_no_grad_leak_and_train_mode_kept(info):
     info.func(*args, **kwargs)
     assert m.training and not m.drop.training  # per-module flags, not a blanket train()/eval()
     assert torch.is_grad_enabled()
+
+
+def test_contract_holds_without_copies_for_large_models(info, monkeypatch):
+    """Above WORKBENCH_SNAPSHOT_MB nothing is copied: the probe itself must never write the weights."""
+    monkeypatch.setenv("WORKBENCH_SNAPSHOT_MB", "0")
+    args, kwargs = info.case()
+    mods = _modules(args, kwargs)
+    states = [snapshot(m, copy=True) for m in mods]
+    info.func(*args, **kwargs)  # would raise ModelModifiedError if the probe wrote in place
+    for s, m in zip(states, mods):
+        assert diff_state(s, m) == []

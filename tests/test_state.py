@@ -49,3 +49,30 @@ def test_preserve_restores_after_raise_and_interrupt(exc):
             raise exc
     assert diff_state(s, m) == []
     assert m.fc1.weight.grad is grad_obj  # the same .grad tensor object, not a copy
+
+
+def test_large_models_are_verified_by_version_counters_not_copied(monkeypatch):
+    from workbench.state import ModelModifiedError
+
+    monkeypatch.setenv("WORKBENCH_SNAPSHOT_MB", "0")
+    m = hostile_model()
+    s = snapshot(m)
+    assert not s.copied
+    assert all(entry[3] is None for entry in s.params)
+    with preserve(m):  # untouched: nothing to restore, flags still restored
+        m.eval()
+    assert m.training and diff_state(s, m) == []
+    with pytest.raises(ModelModifiedError, match="fc1.weight"):
+        with preserve(m):
+            with torch.no_grad():
+                m.fc1.weight.mul_(2)
+    assert m.training
+
+
+def test_version_counters_skip_the_bitwise_compare():
+    m = hostile_model()
+    s = snapshot(m)
+    assert diff_state(s, m) == []
+    with torch.no_grad():
+        m.fc1.weight.add_(0.0)  # bumps the version, values bitwise equal
+    assert diff_state(s, m) == []  # falls back to the bitwise compare, which passes

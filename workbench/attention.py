@@ -14,7 +14,9 @@ intercepts
   "Attention" or that is named in ``attention_modules`` (eager HuggingFace attention, hand-written
   attention): the softmax input is the masked, scaled logits.
 
-The real kernel still runs, so the model's outputs are unchanged. Each call is attributed to the
+Under sdpa the attention output handed back to the model is computed from the same probabilities
+(``softmax(z) @ v``, equal to the kernel's to float rounding; ``exact_outputs=True`` runs the kernel
+instead); otherwise the real kernel runs. Each call is attributed to the
 innermost module running it (temporary forward hooks); each such module is one ``layer``.
 
 Definitions (Zhai et al. 2023 for entropy; Wortsman et al. 2023 for the logit):
@@ -64,28 +66,43 @@ class _Acc:
         self.parts.append(rows)
 
 
-def _row_stats(logits, allowed, valid_q):
-    """Per-row statistics for logits (B, H, c, S) float32, allowed (B|1, H|1, c, S) bool,
-    valid_q (B, c) bool. Returns dict of (B, H, c) float64 tensors (NaN where the row is invalid)."""
-    z = torch.where(allowed, logits, torch.full((), _NEG, dtype=logits.dtype, device=logits.device))
-    lse = torch.logsumexp(z, dim=-1, keepdim=True)
-    p = torch.exp(z - lse)
-    ent = (lse.squeeze(-1) - (p * z).sum(-1)).double()
-    n_allowed = allowed.sum(-1).expand(ent.shape).double()
-    maxlogit = torch.where(allowed, logits, torch.full((), -math.inf, dtype=logits.dtype,
-                                                       device=logits.device)).amax(-1).double()
-    sink = p[..., 0].double()
+def _row_stats(z, allowed, valid_q, raw_max=None, v=None):
+    """Per-row statistics for logits z (B, H, c, S) float32 (mask bias included; *overwritten*),
+    allowed (B|1, H|1, c, S) bool or None (all allowed), valid_q (B, c) bool; ``raw_max`` the max
+    logit before an additive bias if there is one. Returns dict of (B, H, c) float64 tensors (NaN
+    where a row is invalid).
+
+    In place and with one exp per element: with m = max_j z_j, z'_j = z_j - m, e_j = exp(z'_j) and
+    s = sum_j e_j, the entropy is H = ln s - sum_j e_j z'_j / s and the first-key mass e_0 / s.
+    """
+    if allowed is not None:
+        z.masked_fill_(~allowed, _NEG)
+    m = z.amax(-1, keepdim=True)
+    z.sub_(m)
+    e = torch.exp(z)
+    ssum = e.sum(-1)
+    output = None if v is None else (e @ v).div_(ssum.unsqueeze(-1))  # softmax(z) @ v
+    sink = (e[..., 0] / ssum).double()
+    ent = (torch.log(ssum) - e.mul_(z).sum(-1) / ssum).double()
+    S = z.shape[-1]
+    n_allowed = (allowed.sum(-1).expand(ent.shape) if allowed is not None else
+                 torch.full(ent.shape, S, device=ent.device)).double()
+    maxlogit = (m.squeeze(-1) if raw_max is None else raw_max).double()
     ok = (n_allowed > 0) & valid_q[:, None, :]
     nan = torch.full((), math.nan, dtype=torch.float64, device=ent.device)
     ent = torch.where(ok, ent.clamp_min(0), nan)
     norm = torch.where(ok & (n_allowed > 1), ent / torch.log(n_allowed.clamp_min(2)), nan)
-    return {"entropy": ent, "normalized_entropy": norm, "max_logit": torch.where(ok, maxlogit, nan),
-            "sink_mass": torch.where(ok, sink, nan)}
+    res = {"entropy": ent, "normalized_entropy": norm, "max_logit": torch.where(ok, maxlogit, nan),
+           "sink_mass": torch.where(ok, sink, nan)}
+    if output is not None:
+        res["output"] = output
+    return res
 
 
 class _Capture(TorchFunctionMode):
-    def __init__(self, model, query_mask, resolution, query_chunk, attention_modules, keep=None):
+    def __init__(self, model, query_mask, resolution, query_chunk, attention_modules, keep=None, exact_outputs=False):
         super().__init__()
+        self.exact_outputs = exact_outputs
         self.model = model
         self.query_mask = query_mask  # (B, T) bool or None
         self.resolution = resolution
@@ -138,8 +155,8 @@ class _Capture(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
-            self._sdpa(*args, **kwargs)
-            return func(*args, **kwargs)
+            out = self._sdpa(*args, **kwargs)
+            return func(*args, **kwargs) if out is None else out
         if func is F.multi_head_attention_forward:
             return self._mha(func, args, kwargs)
         if func in (F.softmax, torch.softmax, torch.Tensor.softmax):
@@ -162,14 +179,18 @@ class _Capture(TorchFunctionMode):
         return torch.ones(B, T, dtype=torch.bool, device=allowed_full.device)
 
     def _sdpa(self, q, k, v=None, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        """Record the statistics; return the attention output computed from the same probabilities
+        (or None to have the real kernel run: exact_outputs, dropout, fully masked rows)."""
+        shape_q = q.shape
         if q.dim() != 4:
-            q4, k4 = q.reshape(-1, *q.shape[-3:]) if q.dim() > 4 else q[None], None
-            k4 = k.reshape(-1, *k.shape[-3:]) if k.dim() > 4 else k[None]
-            q, k = q4, k4
+            q = q.reshape(-1, *q.shape[-3:]) if q.dim() > 4 else q[None]
+            k = k.reshape(-1, *k.shape[-3:]) if k.dim() > 4 else k[None]
+            v = None if v is None else (v.reshape(-1, *v.shape[-3:]) if v.dim() > 4 else v[None])
         B, H, T, d = q.shape
         S = k.shape[-2]
         if k.shape[1] != H:  # grouped-query attention
             k = k.repeat_interleave(H // k.shape[1], dim=1)
+            v = None if v is None else v.repeat_interleave(H // v.shape[1], dim=1)
         scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
         bias, allowed = None, None
         if attn_mask is not None:
@@ -181,12 +202,20 @@ class _Capture(TorchFunctionMode):
             else:
                 allowed = m > torch.finfo(m.dtype).min / 2
                 bias = torch.where(allowed, m, torch.zeros((), dtype=m.dtype, device=m.device)).float()
+                if not bool(bias.any()):
+                    bias = None  # a pure padding mask: nothing to add to the logits
         if is_causal:
             causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
             allowed = causal[None, None] if allowed is None else allowed & causal
         if allowed is None:
             allowed = torch.ones(1, 1, T, S, dtype=torch.bool, device=q.device)
-        self._record(self._current(), None, allowed, "sdpa", q=q, k=k, scale=scale, bias=bias)
+        fuse = (not self.exact_outputs and v is not None and not (dropout_p and dropout_p > 0)
+                and bool(allowed.any(-1).all()) and q.dtype in (torch.float32, torch.float64))
+        out = self._record(self._current(), None, allowed, "sdpa", q=q, k=k, scale=scale, bias=bias,
+                           v=v if fuse else None)
+        if out is None:
+            return None
+        return out.to(q.dtype).reshape(*shape_q[:-1], v.shape[-1])
 
     def _mha(self, func, args, kwargs):
         names = ["query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias",
@@ -217,7 +246,7 @@ class _Capture(TorchFunctionMode):
         return out, (w.mean(dim=-3) if avg and w is not None else w)
 
     # -- reduction ------------------------------------------------------------------------------------
-    def _record(self, layer, logits, allowed, kind, q=None, k=None, scale=None, bias=None, no_logit=False):
+    def _record(self, layer, logits, allowed, kind, q=None, k=None, scale=None, bias=None, no_logit=False, v=None):
         if q is not None:
             B, H, T, _ = q.shape
             S = k.shape[-2]
@@ -226,25 +255,41 @@ class _Capture(TorchFunctionMode):
         allowed_full = allowed
         valid = self._valid_queries(allowed_full, B, T, S)
         out = {key: [] for key in ("entropy", "normalized_entropy", "max_logit", "sink_mass")}
-        for s in range(0, T, self.chunk):
-            e = min(T, s + self.chunk)
+        everything = bool(allowed.all())
+        outs = [] if v is not None else None
+        if q is not None:  # once per call: contiguous operands (HF hands transposed views) and the scale folded into q
+            qs = (q.float() * scale).contiguous()
+            kT = k.float().transpose(-1, -2).contiguous()
+            v1 = None if v is None else v.float().contiguous()
+        # bound the chunk's (B, H, c, S) float32 block to about 4 M elements (16 MB)
+        chunk = max(1, min(self.chunk, (4 << 20) // max(1, B * H * S)))
+        for s in range(0, T, chunk):
+            e = min(T, s + chunk)
             al = allowed[..., s:e, :] if allowed.shape[-2] == T else allowed
             if q is not None:
-                raw = (q[:, :, s:e].float() @ k.float().transpose(-1, -2)) * scale
-                z = raw if bias is None else raw + (bias[..., s:e, :] if bias.shape[-2] == T else bias)
-                st = _row_stats(z, al, valid[:, s:e])
-                st["max_logit"] = _row_stats(raw, al, valid[:, s:e])["max_logit"]
+                raw = qs[:, :, s:e] @ kT
+                vv = v1
+                if bias is None:
+                    st = _row_stats(raw, None if everything else al, valid[:, s:e], v=vv)
+                else:
+                    neg = torch.full((), -math.inf, dtype=raw.dtype, device=raw.device)
+                    raw_max = torch.where(al, raw, neg).amax(-1)
+                    raw.add_(bias[..., s:e, :] if bias.shape[-2] == T else bias)
+                    st = _row_stats(raw, None if everything else al, valid[:, s:e], raw_max=raw_max, v=vv)
+                if outs is not None:
+                    outs.append(st.pop("output"))
             else:
-                st = _row_stats(logits[:, :, s:e], al, valid[:, s:e])
+                st = _row_stats(logits[:, :, s:e].clone(), None if everything else al, valid[:, s:e])
                 if no_logit:
                     st["max_logit"] = torch.full_like(st["max_logit"], math.nan)
             if self.keep is not None and self.keep[1] < B:
                 self.maps.setdefault(layer, []).append(self._probs(q, k, scale, bias, logits, al, s, e))
             for key in out:
                 out[key].append(st[key].cpu())
-        rows = {key: torch.cat(v, dim=-1) for key, v in out.items()}  # (B, H, T)
+        rows = {key: torch.cat(val, dim=-1) for key, val in out.items()}  # (B, H, T)
         self.layers.setdefault(layer, []).append(rows)
         self.kinds[layer] = kind
+        return torch.cat(outs, dim=2) if outs is not None else None
 
     def _probs(self, q, k, scale, bias, logits, al, s, e):
         b = self.keep[1]
@@ -288,7 +333,8 @@ def _is_batches(inputs):
                                               all(isinstance(b, (Mapping, torch.Tensor)) for b in inputs))
 
 
-def _run(model, inputs, forward_kwargs, resolution, query_chunk, attention_modules, keep=None, mode="eval"):
+def _run(model, inputs, forward_kwargs, resolution, query_chunk, attention_modules, keep=None, mode="eval",
+         exact_outputs=False):
     from .params import model_device_dtype
     from .state import set_mode
 
@@ -308,7 +354,7 @@ def _run(model, inputs, forward_kwargs, resolution, query_chunk, attention_modul
             batch = batch[0]  # (inputs, labels) from a DataLoader: the labels are not needed
         batch = _to_device(batch, device)
         cap = _Capture(model, _query_mask(batch), resolution, query_chunk, attention_modules,
-                       keep=None if keep is None or bi > 0 else keep)
+                       keep=None if keep is None or bi > 0 else keep, exact_outputs=exact_outputs or keep is not None)
         with torch.no_grad(), cap:
             _call(model, batch, forward_kwargs)
         for name, parts in cap.layers.items():
@@ -405,7 +451,8 @@ def _case():
 
 @probe("attention.attention_stats", case=_case)
 def attention_stats(model: nn.Module, inputs, *, resolution: str = "head", query_chunk: int = 128,
-                    attention_modules=None, mode: str = "eval", **forward_kwargs) -> xr.Dataset:
+                    attention_modules=None, mode: str = "eval", exact_outputs: bool = False,
+                    **forward_kwargs) -> xr.Dataset:
     """Entropy, normalised entropy, max attention logit and sink mass per (layer, head) in one forward
     pass (see the module docstring for the definitions and masking rules).
 
@@ -413,9 +460,12 @@ def attention_stats(model: nn.Module, inputs, *, resolution: str = "head", query
     ``attention_mask``), a tensor or tuple (passed positionally), or a DataLoader / list of such
     batches. ``forward_kwargs`` go to the forward call (``src_key_padding_mask``, ``mask``, ``is_causal``...).
     ``resolution``: ``"head"`` (token-weighted mean over valid rows), ``"example"`` or ``"query"``.
+    ``exact_outputs``: under sdpa the attention output is by default computed from the probabilities the
+    probe already has (``softmax(z) @ v``, equal to the kernel's to float rounding), which halves the
+    attention work; ``True`` runs the model's own kernel as well.
     """
     order, per_layer, kinds, _ = _run(model, inputs, forward_kwargs, resolution, query_chunk, attention_modules,
-                                      mode=mode)
+                                      mode=mode, exact_outputs=exact_outputs)
     ds = _dataset(order, per_layer, kinds, resolution)
     ds.attrs.update(provenance("attention.attention_stats", dict(resolution=resolution, mode=mode,
                                                                  forward_kwargs=sorted(forward_kwargs)), model))
@@ -431,12 +481,13 @@ def _case_entropy():
 
 @probe("attention.entropy", case=_case_entropy)
 def entropy(model: nn.Module, inputs, *, normalized: bool = False, resolution: str = "head", query_chunk: int = 128,
-            attention_modules=None, mode: str = "eval", **forward_kwargs) -> xr.DataArray:
+            attention_modules=None, mode: str = "eval", exact_outputs: bool = False, **forward_kwargs) -> xr.DataArray:
     """Attention entropy in nats, ``-sum_j p_ij ln p_ij`` over allowed keys, averaged over valid
     (example, query) rows per (layer, head) (token-weighted); ``normalized=True`` divides each row by
     ``ln`` of its number of allowed keys. See :func:`attention_stats` for the arguments."""
-    ds = attention_stats.__wrapped__(model, inputs, resolution=resolution, query_chunk=query_chunk,
-                                     attention_modules=attention_modules, mode=mode, **forward_kwargs)
+    order, per_layer, kinds, _ = _run(model, inputs, forward_kwargs, resolution, query_chunk, attention_modules,
+                                      mode=mode, exact_outputs=exact_outputs)
+    ds = _dataset(order, per_layer, kinds, resolution)
     da = ds["normalized_entropy" if normalized else "entropy"].copy()
     da.attrs.update(provenance("attention.entropy", dict(normalized=normalized, resolution=resolution, mode=mode,
                                                          forward_kwargs=sorted(forward_kwargs)), model))

@@ -182,7 +182,7 @@ class Data:
             for t in list(_tensors(x)) + list(_tensors(y)):
                 h.update(str(tuple(t.shape)).encode())
                 h.update(str(t.dtype).encode())
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+                h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
         return h.hexdigest()[:16]
 
 

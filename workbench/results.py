@@ -25,17 +25,31 @@ _DA_FLAG = "workbench_dataarray"
 _UNNAMED = "__workbench_unnamed__"
 
 
+_FP_CACHE: dict = {}
+
+
 def model_fingerprint(model: nn.Module) -> str:
-    """sha256 (16 hex digits) over names, shapes, dtypes and bytes of all parameters and buffers."""
-    h = hashlib.sha256()
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if t is None:
-            continue
+    """blake2b (16 hex digits) over names, shapes, dtypes and bytes of all parameters and buffers.
+
+    Cached on the tensors' identities, storage and autograd version counters (any in-place write bumps
+    them), so repeated probes on an unchanged model do not hash its weights again.
+    """
+    named = [(n, t) for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t is not None]
+    key = (id(model), tuple((n, id(t), t._version, t.data_ptr(), tuple(t.shape), str(t.dtype)) for n, t in named))
+    hit = _FP_CACHE.get(key)
+    if hit is not None:
+        return hit
+    h = hashlib.blake2b(digest_size=8)
+    for name, t in named:
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(str(t.dtype).encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # buffer protocol: no copy
+    fp = h.hexdigest()
+    if len(_FP_CACHE) > 256:
+        _FP_CACHE.clear()
+    _FP_CACHE[key] = fp
+    return fp
 
 
 def versions() -> dict[str, str]:
