@@ -34,7 +34,7 @@ from .models import n_params
 from .training import train
 from . import transfer as _transfer
 
-ZOO_VERSION = 2
+ZOO_VERSION = 3
 
 _SGD = dict(lr=0.05, momentum=0.9, target_loss=0.01)
 _RUNS = {

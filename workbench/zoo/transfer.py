@@ -30,57 +30,16 @@ def target_data(target: str, split: str = "train"):
     return digits(split, **TARGETS[target])
 
 
-@torch.no_grad()
-def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Penultimate features (the output of ``model.features``), eval mode."""
-    was = model.training
-    model.eval()
-    try:
-        if x.dim() == 2 and model.__class__.__name__ == "SmallCNN":
-            x = x.reshape(-1, 1, 8, 8)
-        return model.features(x).flatten(1)
-    finally:
-        model.train(was)
-
-
 def linear_probe_accuracy(model: nn.Module, target: str, seed: int = 0) -> float:
-    from sklearn.linear_model import LogisticRegression
+    from ..transfer import linear_probe_accuracy as lp
 
-    xtr, ytr = target_data(target, "train")
-    xte, yte = target_data(target, "test")
-    ftr, fte = features(model, xtr).numpy(), features(model, xte).numpy()
-    mu, sd = ftr.mean(0), ftr.std(0) + 1e-8
-    clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
-    clf.fit((ftr - mu) / sd, ytr.numpy())
-    return float(clf.score((fte - mu) / sd, yte.numpy()))
+    return lp(model, target_data(target, "train"), target_data(target, "test"), seed=seed)
 
 
 def finetune_accuracy(model: nn.Module, target: str, epochs: int = 8, lr: float = 3e-3, seed: int = 0) -> float:
-    import copy
+    from ..transfer import finetune_accuracy as ft
 
-    xtr, ytr = target_data(target, "train")
-    xte, yte = target_data(target, "test")
-    n_classes = int(ytr.max()) + 1
-    torch.manual_seed(seed)
-    m = copy.deepcopy(model)
-    m.head = nn.Linear(m.head.in_features, n_classes)
-    for p in m.parameters():
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(m.parameters(), lr=lr)
-    lf = nn.CrossEntropyLoss()
-    g = torch.Generator().manual_seed(seed)
-    m.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(ytr), generator=g)
-        for i in range(0, len(ytr), 32):
-            idx = perm[i:i + 32]
-            loss = lf(m(xtr[idx]), ytr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    m.eval()
-    with torch.no_grad():
-        return float((m(xte).argmax(1) == yte).float().mean())
+    return ft(model, target_data(target, "train"), target_data(target, "test"), epochs=epochs, lr=lr, seed=seed)
 
 
 def ground_truth(models: dict, targets=None, seed: int = 0) -> dict:

@@ -1,0 +1,217 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+from scipy.stats import weightedtau
+
+import workbench.transfer as T
+
+
+def _data(n=60, d=8, c=3, seed=0, sep=1.5):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    centers = rng.normal(size=(c, d)) * sep
+    return centers[y] + rng.normal(size=(n, d)), y
+
+
+def _exact_log_evidence(F, t, alpha, beta, dps=40):
+    """The same definition in 40-digit arithmetic (mpmath): the float64 dense log-det loses ~1e-8 on
+    badly scaled features, the quantity under test does not."""
+    import mpmath as mp
+
+    with mp.workdps(dps):
+        N = F.shape[0]
+        Fm = mp.matrix(F.tolist())
+        cov = mp.eye(N) / mp.mpf(float(beta)) + (Fm * Fm.T) / mp.mpf(float(alpha))
+        tv = mp.matrix(t.tolist())
+        quad = (tv.T * mp.lu_solve(cov, tv))[0]
+        return float(-0.5 * (N * mp.log(2 * mp.pi) + mp.log(mp.det(cov)) + quad))
+
+
+def _direct_log_evidence(F, t, alpha, beta):
+    """log N(t | 0, I / beta + F F^T / alpha): the definition of the evidence, via a dense log-det."""
+    N = F.shape[0]
+    cov = np.eye(N) / beta + F @ F.T / alpha
+    sign, logdet = np.linalg.slogdet(cov)
+    return -0.5 * (N * np.log(2 * np.pi) + logdet + t @ np.linalg.solve(cov, t))
+
+
+@pytest.mark.parametrize("case", ["tall", "fat", "badscale"])
+def test_logme_equals_the_maximised_direct_evidence(case):
+    if case == "tall":
+        F, y = _data(60, 8)
+    elif case == "fat":  # d > n: the case the popular fast LogME gets wrong
+        F, y = _data(30, 50)
+    else:
+        F, y = _data(60, 8)
+        F = F * np.logspace(-3, 3, 8)
+    score, p = T.logme(F, y, return_params=True)
+    T1 = np.eye(3)[y]
+    ev = []
+    for c in range(3):
+        direct = _exact_log_evidence(F, T1[:, c], p["alpha"][c], p["beta"][c])
+        assert direct / len(y) == pytest.approx(p["evidence_per_column"][c], rel=1e-10, abs=1e-12)
+        # and (alpha, beta) is the maximiser: a generic optimiser finds no better point
+        res = minimize(lambda z: -_direct_log_evidence(F, T1[:, c], np.exp(z[0]), np.exp(z[1])),
+                       x0=[np.log(p["alpha"][c]) + 0.5, np.log(p["beta"][c]) - 0.5], method="Nelder-Mead",
+                       options=dict(xatol=1e-10, fatol=1e-12, maxiter=4000))
+        assert -res.fun <= direct + 1e-6 * abs(direct)
+        ev.append(direct / len(y))
+    assert score == pytest.approx(np.mean(ev), rel=1e-9)
+
+
+def test_logme_regression_and_zero_columns_and_streaming():
+    F, y = _data(50, 6)
+    t = F @ np.arange(6.0) + np.random.default_rng(1).normal(size=50)
+    s, p = T.logme(F, t, regression=True, return_params=True)
+    assert s == pytest.approx(_direct_log_evidence(F, t, p["alpha"][0], p["beta"][0]) / 50, rel=1e-9)
+    base = T.logme(F, y)
+    assert T.logme(np.c_[F, np.zeros((50, 40))], y) == pytest.approx(base, rel=1e-9)  # d > n after padding
+    st = T.FeatureStats(3).update(F[:20], y[:20]).update(F[20:], y[20:])
+    assert T.logme(st) == pytest.approx(base, rel=1e-7)
+    assert T.hscore(st) == pytest.approx(T.hscore(F, y), rel=1e-7)
+
+
+def test_leep_and_nce_by_counting():
+    rng = np.random.default_rng(3)
+    n, cs = 40, 4
+    P = rng.dirichlet(np.ones(cs), n)
+    y = rng.integers(0, 3, n)
+    # LEEP by explicit loops
+    joint = np.zeros((3, cs))
+    for i in range(n):
+        joint[y[i]] += P[i] / n
+    cond = joint / joint.sum(0)
+    ref = np.mean([np.log(sum(cond[y[i], z] * P[i, z] for z in range(cs))) for i in range(n)])
+    assert T.leep(P, y) == pytest.approx(ref, rel=1e-12)
+    z = P.argmax(1)
+    counts = {}
+    for a, b in zip(y, z):
+        counts[(a, b)] = counts.get((a, b), 0) + 1
+    zc = {b: sum(v for (a, bb), v in counts.items() if bb == b) for b in set(z)}
+    ref_nce = sum(v / n * np.log(v / zc[b]) for (a, b), v in counts.items())
+    assert T.nce(z, y) == pytest.approx(ref_nce, rel=1e-12)
+    assert T.nce(P, y) == T.nce(z, y)
+
+
+def test_hscore_is_a_matrix_product_and_saturates_when_wide():
+    F, y = _data(80, 5)
+    Fc = F - F.mean(0)
+    M = np.stack([Fc[y == c].mean(0) for c in range(3)])[y]
+    ref = np.trace(np.linalg.pinv(np.cov(Fc.T, bias=True)) @ np.cov(M.T, bias=True))
+    assert T.hscore(F, y) == pytest.approx(ref, rel=1e-8)
+    elementwise = np.sum(np.diag(np.linalg.pinv(np.cov(Fc.T, bias=True))) * np.diag(np.cov(M.T, bias=True)))
+    assert abs(T.hscore(F, y) - elementwise) > 1e-3  # the known defect would be detected
+    Fw, yw = _data(20, 40)
+    with pytest.warns(RuntimeWarning, match="saturates"):
+        assert T.hscore(Fw, yw) == pytest.approx(2.0, abs=1e-6)  # C - 1
+    assert T.hscore(Fw, yw, shrinkage=True) < 2.0
+
+
+ALL = ["logme", "hscore", "hscore_shrinkage", "transrate", "gbc", "sfda", "nleep", "etran_lda", "etran_energy", "tmi"]
+
+
+@pytest.mark.parametrize("metric", ALL)
+def test_permuting_class_ids_changes_no_score(metric):
+    F, y = _data(60, 6)
+    perm = np.array([2, 0, 1])
+    a = T.METRICS[metric](F, y, None)
+    b = T.METRICS[metric](F, perm[y] * 10 + 7, None)  # other ids, other values
+    assert b == pytest.approx(a, rel=1e-6, abs=1e-9)
+
+
+SCALE_INVARIANT = {"logme", "hscore", "hscore_shrinkage", "tmi", "gbc"}  # gbc: while the variance floor does not bind
+
+
+@pytest.mark.parametrize("metric", ALL)
+def test_scaling_changes_only_the_documented_scale_dependent_metrics(metric):
+    F, y = _data(60, 6)
+    a, b = T.METRICS[metric](F, y, None), T.METRICS[metric](7.0 * F, y, None)
+    if metric in SCALE_INVARIANT:
+        assert b == pytest.approx(a, rel=1e-6)
+    else:
+        assert b != pytest.approx(a, rel=1e-6)
+
+
+def test_nleep_is_seeded_and_better_separation_scores_higher():
+    F, y = _data(90, 6, sep=3.0)
+    assert T.nleep(F, y, seed=1) == T.nleep(F, y, seed=1)
+    G, _ = _data(90, 6, sep=0.1)
+    for met in ("logme", "hscore", "sfda", "nleep", "gbc", "leep" if False else "transrate"):
+        assert T.METRICS[met](F, y, None) > T.METRICS[met](G, y, None), met
+
+
+@pytest.mark.parametrize("bad, words", [
+    (lambda F, y: (F[:, :, None], y), "2-D"),
+    (lambda F, y: (np.where(F > 2, np.nan, F), y), "NaN"),
+    (lambda F, y: (F, y[:-1]), "labels"),
+    (lambda F, y: (F, np.zeros_like(y)), "at least 2 classes"),
+])
+def test_bad_input_names_the_argument(bad, words):
+    F, y = _data(30, 4)
+    with pytest.raises(ValueError, match=words):
+        T.logme(*bad(F, y))
+
+
+def test_leep_rejects_unnormalised_probabilities():
+    with pytest.raises(ValueError, match="softmax"):
+        T.leep(np.ones((5, 3)), [0, 1, 0, 1, 0])
+
+
+def test_correlate_matches_scipy_and_bootstraps():
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(0.5, 1.0, 8)
+    good = gt + rng.normal(0, 0.01, 8)
+    scores = xr.DataArray(np.c_[good, -gt, rng.normal(size=8)], dims=("model", "metric"),
+                          coords={"model": [f"m{i}" for i in range(8)], "metric": ["good", "reversed", "noise"]})
+    c = T.correlate(scores, gt, n_boot=200)
+    assert float(c.weighted_tau.sel(metric="good")) == pytest.approx(weightedtau(good, gt).statistic)
+    assert float(c.kendall_tau.sel(metric="reversed")) == pytest.approx(-1.0)
+    assert float(c.top_k_relative_accuracy.sel(metric="good")) == 1.0
+    assert c.weighted_tau_low.sel(metric="good") <= c.weighted_tau.sel(metric="good") <= c.weighted_tau_high.sel(metric="good")
+
+
+def test_bootstrap_score_interval_contains_the_score():
+    F, y = _data(60, 5)
+    v, lo, hi = T.bootstrap_score("logme", F, y, n_boot=50)
+    assert lo <= v <= hi and hi > lo
+
+
+def test_features_from_named_layers_and_pooling():
+    from workbench.testing import hostile_transformer
+
+    m, x, mask = hostile_transformer()
+    f = T.features(m, x, ["encoder.layers.0", "encoder.layers.1"], pool="cls")
+    assert f["encoder.layers.1"].shape == (3, 16)
+    pen = T.features(m, x)  # input of the last Linear
+    assert list(pen) == ["head"] and pen["head"].shape == (3, 16)
+    assert m.training  # restored
+    with pytest.raises(ValueError, match="no module named"):
+        T.features(m, x, ["nope"])
+
+
+def test_rank_and_harness_on_the_zoo(zoo_built):
+    zoo = zoo_built
+    from workbench.state import snapshot
+    from workbench.zoo import transfer as zt
+
+    models = {n: zoo.load(n) for n in ["src-mlp-0to4", "src-mlp-0to4-narrow", "src-cnn-0to4"]}
+    x, y = zt.target_data("digits-5to9", "train")
+    r = T.rank(models, (x, y), metrics=["logme", "leep", "nce", "hscore", "etran"], progress=False)
+    assert r.score.dims == ("model", "layer", "metric") and set(r.metric.values) >= {"logme", "etran"}
+    assert np.all(np.isfinite(r.score.values)) and np.all(r.seconds.values >= 0)
+    gt = zoo.transfer_ground_truth()
+    m = models["src-mlp-0to4"]
+    s = snapshot(m)
+    acc = T.linear_probe_accuracy(m, (x, y), zt.target_data("digits-5to9", "test"))
+    assert acc == pytest.approx(float(gt.linear_probe_acc.sel(source="src-mlp-0to4", target="digits-5to9")), abs=1e-9)
+    ft = T.finetune_accuracy(m, (x, y), zt.target_data("digits-5to9", "test"))
+    assert ft == pytest.approx(float(gt.finetune_acc.sel(source="src-mlp-0to4", target="digits-5to9")), abs=1e-9)
+    assert s.matches(m)
+    layers = T.rank({"mlp": m}, (x, y), metrics=["logme"], layers=["features.0", "features.2", "features.3"],
+                    progress=False)
+    assert layers.sizes["layer"] == 3
