@@ -215,3 +215,22 @@ def test_rank_and_harness_on_the_zoo(zoo_built):
     layers = T.rank({"mlp": m}, (x, y), metrics=["logme"], layers=["features.0", "features.2", "features.3"],
                     progress=False)
     assert layers.sizes["layer"] == 3
+
+
+def test_logme_is_finite_when_the_targets_lie_in_the_feature_span():
+    rng = np.random.default_rng(0)
+    F = rng.normal(size=(40, 100))  # D > N: every one-hot column is fitted exactly
+    y = rng.integers(0, 4, 40)
+    s, p = T.logme(F, y, return_params=True)
+    assert np.isfinite(s)
+    # the (possibly boundary) point found is a supremum: no 10x move of alpha or beta gains > 1e-6 per sample
+    for c in range(4):
+        t = (y == c).astype(float)
+        a, b = p["alpha"][c], p["beta"][c]
+        here = _direct_log_evidence(F, t, a, b)
+        for da, db in [(10, 1), (0.1, 1), (1, 10), (1, 0.1)]:
+            assert _direct_log_evidence(F, t, a * da, b * db) <= here + 40 * 1e-6
+    # and the structured case (labels from the features) where the fit is exact: beta hits its cap
+    yy = (F[:, 0] > 0).astype(int) + 2 * (F[:, 1] > 0)
+    s2, p2 = T.logme(F, yy, return_params=True)
+    assert np.isfinite(s2) and np.all(np.isfinite(p2["evidence_per_column"]))

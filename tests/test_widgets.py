@@ -83,3 +83,21 @@ def test_attention_explorer_click_shows_the_head():
     ex.variable.value = "max_logit"
     assert "logit" in ex.head_fig.layout.title.text
     assert m.training  # the model was restored
+
+
+def test_transfer_explorer_updates_tau_and_points(zoo_built):
+    import workbench.transfer as T
+    from workbench.widgets import TransferExplorer
+    from workbench.zoo import transfer as zt
+
+    zoo = zoo_built
+    models = {n: zoo.load(n) for n in zoo.names("transfer")[:4]}
+    gt = zoo.transfer_ground_truth().finetune_acc.rename(source="model")
+    ranked = {t: T.rank(models, zt.target_data(t, "train"), metrics=["logme", "hscore"], progress=False)
+              for t in ["digits-5to9", "noisy-all"]}
+    ex = TransferExplorer(ranked, gt.sel(model=list(models)), n_boot=20)
+    x0 = list(ex.fig.data[0].x)
+    ex.metric.value = "hscore"
+    assert "hscore" in ex.fig.layout.title.text and list(ex.fig.data[0].x) != x0
+    ex.target.value = "noisy-all"
+    assert "noisy-all" in ex.fig.layout.title.text and "<td>logme</td>" in ex.table.value

@@ -120,22 +120,25 @@ def _logme_from_spectrum(sig, x2, t2, N, D, tol=1e-10, max_iter=2000):
     directions), x2 (k, C) squared projections of the columns on those directions, t2 (C,) ||t||^2."""
     k = sig.shape[0]
     r0 = np.maximum(t2 - x2.sum(0), 0.0)  # part of t outside the span of F
+    # when t lies in the span of F (D >= N) the evidence keeps growing with beta: the residual is floored
+    # at 1e-12 ||t||^2, which caps beta where the evidence has converged to its supremum
+    floor = 1e-12 * np.maximum(t2, 1e-300)
     alpha = np.ones_like(t2)
     beta = np.ones_like(t2)
     for _ in range(max_iter):
         den = alpha[None] + beta[None] * sig[:, None]
         gamma = (beta[None] * sig[:, None] / den).sum(0)
         m2 = (beta[None] ** 2 * sig[:, None] * x2 / den ** 2).sum(0)
-        res2 = r0 + (alpha[None] ** 2 * x2 / den ** 2).sum(0)
+        res2 = np.maximum(r0 + (alpha[None] ** 2 * x2 / den ** 2).sum(0), floor)
         a_new = gamma / np.maximum(m2, 1e-300)
-        b_new = (N - gamma) / np.maximum(res2, 1e-300)
+        b_new = np.maximum(N - gamma, 1e-12) / res2
         done = np.all(np.abs(a_new - alpha) <= tol * alpha) and np.all(np.abs(b_new - beta) <= tol * beta)
         alpha, beta = a_new, b_new
         if done:
             break
     den = alpha[None] + beta[None] * sig[:, None]
     m2 = (beta[None] ** 2 * sig[:, None] * x2 / den ** 2).sum(0)
-    res2 = r0 + (alpha[None] ** 2 * x2 / den ** 2).sum(0)
+    res2 = np.maximum(r0 + (alpha[None] ** 2 * x2 / den ** 2).sum(0), floor)
     logdet = np.log(den).sum(0) + (D - k) * np.log(alpha)  # zero eigenvalues padded up to D
     ev = (D / 2 * np.log(alpha) + N / 2 * np.log(beta) - N / 2 * np.log(2 * np.pi) - beta / 2 * res2
           - alpha / 2 * m2 - logdet / 2)
@@ -307,12 +310,13 @@ def transrate(features, labels, eps: float = 1e-4) -> float:
     return float(_coding_rate(Fc, eps) - np.mean([_coding_rate(Fc[y == c], eps) for c in range(C)]))
 
 
-def _pca(F, variance, seed=0):
+def _pca(F, variance, seed=0, max_dims=None):
     from sklearn.decomposition import PCA
 
     if variance is None or F.shape[1] <= 2:
         return F
-    return PCA(n_components=variance, svd_solver="full", random_state=seed).fit_transform(F)
+    Z = PCA(n_components=variance, svd_solver="full", random_state=seed).fit_transform(F)
+    return Z[:, :max_dims] if max_dims else Z
 
 
 def gbc(features, labels, *, gaussian: str = "spherical", pca_variance: float | None = 0.8) -> float:
@@ -400,15 +404,17 @@ def sfda(features, labels) -> float:
     return float(p2[np.arange(len(y)), y].mean())
 
 
-def nleep(features, labels, *, components_per_class: int = 5, pca_variance: float = 0.8, seed: int = 0) -> float:
-    """N-LEEP (Li et al., CVPR 2021): PCA of the features to 80 % variance, a Gaussian mixture with
+def nleep(features, labels, *, components_per_class: int = 5, pca_variance: float = 0.8, max_dims: int = 64,
+          seed: int = 0) -> float:
+    """N-LEEP (Li et al., CVPR 2021): PCA of the features to 80 % variance (at most ``max_dims``
+    dimensions: a full-covariance GMM on hundreds of dimensions takes minutes), a Gaussian mixture with
     ``components_per_class x C`` components (seeded: deterministic), then :func:`leep` with the GMM
     posteriors in place of the source head."""
     from sklearn.mixture import GaussianMixture
 
     F = _features(features)
     y, C = _labels(labels, F.shape[0])
-    Z = _pca(F, pca_variance, seed)
+    Z = _pca(F, pca_variance, seed, max_dims)
     k = max(1, min(components_per_class * C, F.shape[0] // 2))
     gm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed, max_iter=200).fit(Z)
     return leep(gm.predict_proba(Z), y)

@@ -7,5 +7,6 @@ the Stop button), and the figure updates in place. ``background=False`` runs syn
 from .attention import AttentionExplorer
 from .landscape import LandscapeExplorer
 from .sharpness import SharpnessExplorer
+from .transfer import TransferExplorer
 
-__all__ = ["LandscapeExplorer", "SharpnessExplorer", "AttentionExplorer"]
+__all__ = ["LandscapeExplorer", "SharpnessExplorer", "AttentionExplorer", "TransferExplorer"]

@@ -260,3 +260,16 @@ def summary():
                          checkpoints=len(rec["checkpoints"]), train_loss=last.get("train_loss", float("nan")),
                          test_acc=last.get("test_acc", float("nan"))))
     return pd.DataFrame(rows).set_index("model")
+
+
+def text_topics():
+    """(sentences, labels): a small labelled text task shipped in data/text_topics.csv (160 sentences,
+    4 topics: sports, weather, food, technology), for MiniLM layer selection."""
+    import csv
+
+    path = Path(__file__).resolve().parents[2] / "data" / "text_topics.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"text task: {path} is missing; it ships with the repository")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r["text"] for r in rows], [r["label"] for r in rows]
