@@ -1,0 +1,82 @@
+"""Command line: ``workbench list | report | sweep | zoo``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _kv(pairs):
+    return {k: v for k, v in pairs or []}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="workbench", description="workbench reports and sweeps")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="list the reports and their parameters with defaults")
+    r = sub.add_parser("report", help="run one report: executed .ipynb, self-contained .html, results .nc")
+    r.add_argument("name")
+    r.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"))
+    r.add_argument("-y", "--yaml", help="parameters as a YAML mapping (a string or a file path)")
+    r.add_argument("--out", default="reports")
+    s = sub.add_parser("sweep", help="run a report over a parameter grid on dask.distributed")
+    s.add_argument("name")
+    s.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...")
+    s.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"))
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
+    s.add_argument("--out", default="reports/sweep")
+    sub.add_parser("zoo", help="build the demo zoo and print its summary")
+    a = ap.parse_args(argv)
+
+    from . import reports
+
+    try:
+        if a.cmd == "list":
+            for name in reports.available():
+                print(name)
+                for k, v in reports.parameters(name).items():
+                    if k != "results_path":
+                        print(f"    {k} = {v}")
+            return 0
+        if a.cmd == "report":
+            params = _kv(a.parameter)
+            if a.yaml:
+                import os
+
+                import yaml
+
+                text = open(a.yaml).read() if os.path.exists(a.yaml) else a.yaml
+                loaded = yaml.safe_load(text) or {}
+                if not isinstance(loaded, dict):
+                    raise reports.ReportError("-y: expected a YAML mapping of parameter: value")
+                params.update(loaded)
+            res = reports.run_report(a.name, params, a.out)
+            print(f"report {a.name}: {res['html']} ({res['seconds']:.1f} s)")
+            print(f"  notebook {res['ipynb']}\n  results  {res['nc']}")
+            return 0
+        if a.cmd == "sweep":
+            grid = {}
+            for g in a.grid:
+                if "=" not in g:
+                    raise reports.ReportError(f"--grid: expected KEY=V1,V2,..., got {g!r}")
+                k, vals = g.split("=", 1)
+                grid[k] = [reports._literal(v) for v in vals.split(",")]
+            res = reports.sweep(a.name, grid, a.out, base=_kv(a.parameter), workers=a.workers, scheduler=a.scheduler)
+            failed = [r for r in res["results"] if r["status"] == "failed"]
+            print(f"sweep: {len(res['results']) - len(failed)} of {len(res['results'])} points complete; "
+                  f"results {res['dataset']}; summary {res['summary']}")
+            return 1 if failed else 0
+        if a.cmd == "zoo":
+            from .zoo import build, summary
+
+            build()
+            print(summary().to_string())
+            return 0
+    except reports.ReportError as e:
+        print(f"workbench: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
