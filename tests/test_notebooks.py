@@ -13,6 +13,7 @@ CASES = {
     "sharpness.ipynb": dict(seeds=[0], n_hvp=12, archs=["mlp", "cnn"]),
     "attention.ipynb": dict(n_sentences=4, stride=10),
     "transferability.ipynb": dict(targets=["digits-5to9"], metrics=["logme", "leep", "hscore"], n_boot=50),
+    "tour.ipynb": dict(steps=5),
 }
 
 
