@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.workbench-installed
 export WORKBENCH_THREADS ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup report test lab zoo benchmarks clean
+.PHONY: setup report test lab zoo benchmarks clean browser
 
 setup: $(STAMP)
 
@@ -24,7 +24,18 @@ $(STAMP): pyproject.toml
 report: setup
 	$(PYTHON) -m workbench.main
 
-test: setup
+# Browser tests need Debian's chromium: installed here when missing and running as root, else a clear stop.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the browser tests (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "The browser tests need Debian's chromium: run 'sudo apt-get install chromium chromium-driver', then make test" >&2; \
+	    exit 1; \
+	  fi; }
+
+test: setup browser
 	$(PYTHON) -m pytest
 
 lab: setup

@@ -1,0 +1,172 @@
+"""The product's face, tested as a user meets it: the exploratory notebooks opened in JupyterLab 4 in a
+real headless Chromium (Debian's, driven by Playwright), run top to bottom, a control moved, the plotly
+figure checked; and the HTML reports opened offline. Screenshots go to test-artifacts/.
+``make test`` installs chromium when it is missing (as root); these tests never skip silently."""
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+ART = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync", "--disable-quic"]
+TOKEN = "wbtest"
+# small parameters (injected as papermill does) and the control each test moves
+CASES = {
+    "loss_landscape.ipynb": (dict(steps=7, n_seeds=2), ("slider", 0)),
+    "sharpness.ipynb": (dict(seeds=[0], n_hvp=12, archs=["mlp"]), ("slider", 0)),
+    "attention.ipynb": (dict(n_sentences=4, stride=10), ("select", 0, "max_logit")),
+    "transferability.ipynb": (dict(targets=["digits-5to9", "flipped-5to9"], metrics=["logme", "leep", "hscore"], n_boot=50),
+                              ("select", 1, "hscore")),
+    "tour.ipynb": (dict(steps=5), ("slider", 0)),
+}
+
+
+def _need_chromium():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Debian's chromium is not installed: run `apt-get install chromium chromium-driver` "
+                    "(make test does this itself when run as root)")
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, zoo_built):
+    _need_chromium()
+    import papermill as pm
+
+    root = tmp_path_factory.mktemp("lab")
+    for name, (params, _) in CASES.items():
+        nb = pm.iorw.load_notebook_node(str(ROOT / "notebooks" / name))
+        nb = pm.parameterize.parameterize_notebook(nb, params)
+        pm.iorw.write_ipynb(nb, str(root / name))
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(root / ".jcfg"), JUPYTER_RUNTIME_DIR=str(root / ".jrt"),
+               WORKBENCH_THREADS="1")
+    jupyter = str(Path(os.sys.executable).parent / "jupyter")
+    # the "news" pop-up is switched off through settings, not by clicking it away
+    subprocess.run([jupyter, "labextension", "disable", "@jupyterlab/apputils-extension:announcements"], env=env,
+                   capture_output=True, check=True)
+    srv = port = None
+    for attempt in range(2):  # the first start after an install can be slow: retry once
+        port = _free_port()
+        srv = subprocess.Popen([jupyter, "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+                                f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
+                                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+                               env=env, stdout=open(root / f"lab{attempt}.log", "w"), stderr=subprocess.STDOUT)
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={TOKEN}", timeout=2)
+                break
+            except Exception:
+                time.sleep(0.5)
+        else:
+            srv.terminate()
+            srv.wait(10)
+            srv = None
+            continue
+        break
+    assert srv is not None, f"JupyterLab did not start twice; see {root}/lab1.log"
+    yield f"http://127.0.0.1:{port}"
+    srv.terminate()
+    try:
+        srv.wait(15)
+    except subprocess.TimeoutExpired:
+        srv.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _need_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def _titles(page):
+    return page.locator(".js-plotly-plot .gtitle").all_text_contents()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_notebook_in_jupyterlab(name, lab, browser):
+    ART.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"{lab}/lab/tree/{name}?token={TOKEN}&reset")
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+        page.locator("#jp-MainMenu .lm-MenuBar-item", has_text="Run").first.click()
+        page.click("li[data-command='runmenu:run-all']")
+        kind = CASES[name][1]
+        control = ".widget-slider .noUi-handle" if kind[0] == "slider" else ".widget-dropdown select"
+        page.wait_for_selector(control, timeout=300_000)
+        page.wait_for_timeout(1500)
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=300_000)
+        # every cell ran, no traceback anywhere
+        prompts = page.locator(".jp-InputArea-prompt").all_text_contents()
+        assert not [p for p in prompts if "[*]" in p or p.strip() == "[ ]:"], prompts
+        outputs = " ".join(page.locator(".jp-OutputArea-output").all_text_contents())
+        stderr = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_text_contents()
+        assert "Traceback" not in outputs, outputs[outputs.find("Traceback"):][:1500]
+        assert not [e for e in stderr if "Error" in e], stderr
+        assert page.locator(".js-plotly-plot .main-svg").count() >= 3  # figures drawn
+        page.screenshot(path=str(ART / f"{name}-before.png"))
+        before = _titles(page)
+        if kind[0] == "slider":
+            h = page.locator(control).nth(kind[1])
+            h.scroll_into_view_if_needed()
+            h.focus()
+            for _ in range(3):
+                page.keyboard.press("ArrowRight")
+        else:
+            sel = page.locator(control).nth(kind[1])
+            sel.scroll_into_view_if_needed()
+            sel.select_option(label=kind[2])
+        page.wait_for_function("(before) => { const t = [...document.querySelectorAll('.js-plotly-plot .gtitle')]"
+                               ".map(e => e.textContent); return JSON.stringify(t) !== JSON.stringify(before); }",
+                               arg=before, timeout=120_000)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ART / f"{name}-after.png"))
+        assert _titles(page) != before
+    finally:
+        page.close()
+
+
+def test_html_report_renders_offline(browser, tmp_path, zoo_built):
+    from workbench import reports
+
+    r = reports.run_report("model_report", dict(steps=5, seeds=2, n_hvp=12, n_samples=300), tmp_path)
+    ART.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    requested = []
+
+    def block(route):
+        requested.append(route.request.url)
+        route.abort()
+
+    page.route("http*://**", block)  # the machine is offline: any fetch must fail, and none may be needed
+    try:
+        page.goto(Path(r["html"]).as_uri())
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+        page.wait_for_timeout(500)
+        assert page.locator(".js-plotly-plot .main-svg").count() >= 2
+        assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 1  # data drawn, not just axes
+        page.screenshot(path=str(ART / "model_report.png"), full_page=False)
+        assert requested == []
+    finally:
+        page.close()
