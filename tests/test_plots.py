@@ -1,16 +1,14 @@
 import numpy as np
-import torch
 from torch import nn
+
+from workbench.testing import tiny_classifier
 
 from workbench import landscape, plots
 from workbench import sharpness as S
 
 
 def _m():
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
-    g = torch.Generator().manual_seed(0)
-    return m, nn.CrossEntropyLoss(), (torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g))
+    return tiny_classifier(40)
 
 
 def test_landscape_figures_carry_the_data():

@@ -1,8 +1,6 @@
-import warnings
 
 import numpy as np
 import pytest
-import torch
 from scipy.optimize import minimize
 from scipy.stats import weightedtau
 

@@ -5,14 +5,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from workbench.testing import tiny_classifier
+
 from workbench.widgets import LandscapeExplorer, SharpnessExplorer
 
 
 def _setup():
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
-    g = torch.Generator().manual_seed(0)
-    return m, nn.CrossEntropyLoss(), (torch.randn(60, 4, generator=g), torch.randint(0, 3, (60,), generator=g))
+    return tiny_classifier(60)
 
 
 def test_landscape_explorer_updates_in_place_when_a_control_moves():

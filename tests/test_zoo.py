@@ -56,8 +56,6 @@ def test_large_batch_is_sharper_than_small_batch_and_sam(zoo_built):
 def test_high_lr_vit_collapses_attention_entropy(zoo_built):
     import math
 
-    import torch.nn.functional as F
-
     zoo = zoo_built
     x, _ = zoo.data("train")
     ents = {}
@@ -72,7 +70,6 @@ def test_high_lr_vit_collapses_attention_entropy(zoo_built):
             k = blk.attn.k(z).reshape(b, t, h, d // h).transpose(1, 2)
             p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // h), -1)
             ents[n] = float(-(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean())
-        _ = F
     assert ents["vit-high-lr"] < 0.5 * ents["vit-normal"]
     assert ents["vit-sigma-reparam"] > 2 * ents["vit-high-lr"]
 

@@ -97,3 +97,11 @@ def hostile_transformer(seed: int = 0):
     mask[1, 5:] = True  # padded positions
     mask[2, 3:] = True
     return m, x, mask
+
+
+def tiny_classifier(n: int = 40, seed: int = 0):
+    """(model, loss_fn, (x, y)): a 4-8-3 tanh MLP in eval mode and n random samples of 3 classes."""
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    g = torch.Generator().manual_seed(seed)
+    return m, nn.CrossEntropyLoss(), (torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g))

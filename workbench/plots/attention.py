@@ -1,7 +1,6 @@
 """Figures for the attention-entropy probe."""
 from __future__ import annotations
 
-import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 from plotly.subplots import make_subplots
@@ -63,5 +62,3 @@ def collapse_overview(stats_by_model: dict, title: str | None = None) -> go.Figu
                       yaxis_title="H / ln(n keys)", template="plotly_white", showlegend=False)
     return fig
 
-
-_ = np

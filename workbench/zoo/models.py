@@ -2,8 +2,6 @@
 transformer (optionally with sigmaReparam, Zhai et al. 2023)."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -148,5 +146,3 @@ def build(arch: str, **kwargs) -> nn.Module:
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-_ = math  # keep import for docs

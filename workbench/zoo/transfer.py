@@ -10,8 +10,6 @@ Ground truth for (source, target):
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
 from torch import nn
 
 from .datasets import digits
@@ -51,5 +49,3 @@ def ground_truth(models: dict, targets=None, seed: int = 0) -> dict:
             out[(s, t)] = (linear_probe_accuracy(m, t, seed), finetune_accuracy(m, t, seed=seed))
     return out
 
-
-_ = np
