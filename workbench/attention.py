@@ -83,7 +83,7 @@ def _row_stats(z, allowed, valid_q, raw_max=None, v=None):
     ssum = e.sum(-1)
     output = None if v is None else (e @ v).div_(ssum.unsqueeze(-1))  # softmax(z) @ v
     sink = (e[..., 0] / ssum).double()
-    ent = (torch.log(ssum) - e.mul_(z).sum(-1) / ssum).double()
+    ent = (torch.log(ssum) - torch.linalg.vecdot(e, z) / ssum).double()  # reduces without writing e * z'
     S = z.shape[-1]
     n_allowed = (allowed.sum(-1).expand(ent.shape) if allowed is not None else
                  torch.full(ent.shape, S, device=ent.device)).double()
