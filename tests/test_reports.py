@@ -30,8 +30,10 @@ def test_report_executes_and_writes_offline_html_and_netcdf(name, tmp_path, zoo_
     assert "<pre" not in html.split("results:")[0] or "Traceback" not in html
     ds = wb.load(r["nc"])
     assert ds.attrs["report"] == name and len(ds.data_vars) >= 3
-    again = wb.load(r["nc"])
-    assert again.identical(ds)
+    import numpy as np
+
+    for v in ds.data_vars:  # every stored result holds numbers, not an empty or all-NaN placeholder
+        assert ds[v].size and np.isfinite(ds[v].values.astype(float)).any(), v
     if name == "model_report":  # the stored numbers are the probes' numbers
         x, y = zoo_built.data("train")
         ev = wb.evaluate(zoo_built.load("mlp-sgd-large-s0"), torch.nn.CrossEntropyLoss(), (x[:300], y[:300]))
