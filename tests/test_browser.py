@@ -57,6 +57,10 @@ def lab(tmp_path_factory, zoo_built):
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(root / ".jcfg"), JUPYTER_RUNTIME_DIR=str(root / ".jrt"),
                WORKBENCH_THREADS="1")
     jupyter = str(Path(os.sys.executable).parent / "jupyter")
+    # render every cell (JupyterLab 4 virtualises long notebooks: off-screen outputs are not in the DOM)
+    settings = root / ".jcfg" / "lab" / "user-settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True, exist_ok=True)
+    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
     # the "news" pop-up is switched off through settings, not by clicking it away
     subprocess.run([jupyter, "labextension", "disable", "@jupyterlab/apputils-extension:announcements"], env=env,
                    capture_output=True, check=True)
@@ -110,13 +114,24 @@ def test_notebook_in_jupyterlab(name, lab, browser):
     try:
         page.goto(f"{lab}/lab/tree/{name}?token={TOKEN}&reset")
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-        page.locator("#jp-MainMenu .lm-MenuBar-item", has_text="Run").first.click()
-        page.click("li[data-command='runmenu:run-all']")
+        started = "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))"
+        for attempt in range(3):  # a Run All clicked before the kernel is connected does nothing: retry
+            page.locator("#jp-MainMenu .lm-MenuBar-item", has_text="Run").first.click()
+            page.click("li[data-command='runmenu:run-all']")
+            try:
+                page.wait_for_function(started, timeout=30_000)
+                break
+            except Exception:
+                page.keyboard.press("Escape")
+        # every code cell has run: an execution count in its prompt
+        page.wait_for_function(
+            "() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].map(e => e.textContent.trim());"
+            " return p.length > 0 && p.every(t => /^\\[\\d+\\]:$/.test(t)); }", timeout=300_000)
         kind = CASES[name][1]
         control = ".widget-slider .noUi-handle" if kind[0] == "slider" else ".widget-dropdown select"
-        page.wait_for_selector(control, timeout=300_000)
+        page.wait_for_selector(control, timeout=60_000)
         page.wait_for_timeout(1500)
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=300_000)
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
         # every cell ran, no traceback anywhere
         prompts = page.locator(".jp-InputArea-prompt").all_text_contents()
         assert not [p for p in prompts if "[*]" in p or p.strip() == "[ ]:"], prompts
