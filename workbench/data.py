@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 
-import numpy as np
 import torch
 
 __all__ = ["Data", "as_data", "batch_len", "to_device"]
@@ -220,7 +219,3 @@ def _is_batch_list(data) -> bool:
 def as_data(data, device=None, dtype=None, check_finite: bool = True) -> Data:
     return data if isinstance(data, Data) and data.device == device and data.dtype == dtype else Data(
         data, device, dtype, check_finite)
-
-
-def numpy_labels(y) -> np.ndarray:
-    return y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)

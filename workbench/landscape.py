@@ -378,7 +378,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn, data, coords=No
             bufs = {k: (v if not v.is_floating_point() else
                         (v if ti == 0.0 else buf_b[k] if ti == 1.0 else torch.lerp(v, buf_b[k], float(ti))))
                     for k, v in buf_a.items()}
-        l, a = _evaluate_with_buffers(obj, theta, bufs)
+        l, a = obj.evaluate(theta, with_accuracy=True, buffers=bufs)
         loss[i], acc[i] = l, (np.nan if a is None else a)
     _warn_nonfinite(loss, "interpolate")
     ds = xr.Dataset(
@@ -407,21 +407,4 @@ def _endpoint(obj, t, loss, where, theta, repair, bufs):
     if hit.size:
         return float(loss[hit[0]])
     b = _repaired_buffers(obj, theta, repair) if repair is not None else bufs
-    return float(_evaluate_with_buffers(obj, theta, b)[0])
-
-
-@torch.no_grad()
-def _evaluate_with_buffers(obj: Objective, theta, bufs):
-    tensors = {n: p.detach() for n, p in obj.model.named_parameters()}
-    tensors.update({k: v.detach().clone() if obj.fresh else v.detach() for k, v in bufs.items()})
-    tensors.update(obj.space.unflatten(theta))
-    total, correct, is_clf = 0.0, 0.0, True
-    for x, y, n in obj.data.batches():
-        out = forward(obj.model, tensors, x)
-        total += float(obj.loss_fn(out, y)) * n
-        c = accuracy_count(out, y) if is_clf else None
-        if c is None:
-            is_clf = False
-        else:
-            correct += c
-    return total / obj.data.n, (correct / obj.data.n if is_clf else None)
+    return float(obj.evaluate(theta, buffers=b)[0])

@@ -83,13 +83,18 @@ class Objective:
         return loss, out
 
     @torch.no_grad()
-    def evaluate(self, theta: torch.Tensor | None = None, with_accuracy: bool = False):
-        """(mean loss, accuracy or None) at ``theta`` (default theta0); float64 accumulation."""
+    def evaluate(self, theta: torch.Tensor | None = None, with_accuracy: bool = False, data=None, buffers=None):
+        """(mean loss, accuracy or None) at ``theta`` (default theta0) over ``data`` (default the
+        objective's data); float64 accumulation. ``buffers`` (by name) replace the model's own for this
+        evaluation (e.g. BatchNorm statistics recomputed along an interpolation path)."""
         theta = self.theta0 if theta is None else theta
+        data = self.data if data is None else as_data(data, self.device, self.dtype, check_finite=False)
         td = self.space.unflatten(theta)
         total, correct, is_clf = 0.0, 0.0, with_accuracy
-        for x, y, n in self.data.batches():
+        for x, y, n in data.batches():
             base = self._base()
+            if buffers is not None:  # train mode gets copies: BatchNorm writes into what it is given
+                base.update({k: v.detach().clone() if self.fresh else v.detach() for k, v in buffers.items()})
             loss, out = self._batch_loss(td, x, y, base)
             total += float(loss) * n
             if is_clf:
@@ -98,8 +103,8 @@ class Objective:
                     is_clf = False
                 else:
                     correct += c
-        loss = total / self.data.n
-        acc = correct / self.data.n if is_clf else None
+        loss = total / data.n
+        acc = correct / data.n if is_clf else None
         return loss, acc
 
     def loss(self, theta: torch.Tensor | None = None) -> float:

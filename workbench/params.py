@@ -14,7 +14,6 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .data import Data, to_device
 
 
 def model_device_dtype(model: nn.Module):
@@ -119,13 +118,6 @@ class ParamSpace:
                 out[a] = out[n]
         return out
 
-    def split(self, vec: torch.Tensor) -> list[torch.Tensor]:
-        return [t for n, t in self.unflatten(vec).items() if n in self._name_set]
-
-    @property
-    def _name_set(self):
-        return set(self.names)
-
     # -- functional evaluation ----------------------------------------------
     def base_tensors(self, fresh_buffers: bool = False) -> dict[str, torch.Tensor]:
         """All parameters and buffers of the model by name (detached, aliases included)."""
@@ -138,12 +130,6 @@ class ParamSpace:
     def fresh_buffers(self) -> dict[str, torch.Tensor]:
         """Copies of the buffers (train-mode BatchNorm updates the buffers it is given in place)."""
         return {n: b.detach().clone() for n, b in self.model.named_buffers(remove_duplicate=False)}
-
-    def call(self, theta: torch.Tensor | Mapping, inputs, fresh_buffers: bool = False, base=None):
-        """Model outputs at parameters ``theta`` (flat vector or dict of the chosen parameters)."""
-        tensors = dict(self.base_tensors(fresh_buffers) if base is None else base)
-        tensors.update(self.unflatten(theta) if isinstance(theta, torch.Tensor) else theta)
-        return forward(self.model, tensors, inputs)
 
 
 def forward(model, tensors, inputs):
@@ -172,16 +158,3 @@ def check_targets(outputs, targets, loss_fn=None) -> None:
                 f"data: class labels must lie in 0..{c - 1} for a model with {c} outputs; found labels "
                 f"{sorted(set(bad.unique().tolist()))[:5]}. Remap the labels to 0..C-1 (or widen the output layer)"
             )
-
-
-def sample_weighted(fn, data: Data):
-    """sum_b n_b fn(batch_b) / N for scalar or tensor-valued fn(inputs, targets)."""
-    total = None
-    for x, y, n in data.batches():
-        v = fn(x, y) * (n / data.n)
-        total = v if total is None else total + v
-    return total
-
-
-def move_inputs(inputs, device, dtype):
-    return to_device(inputs, device, dtype)

@@ -309,7 +309,7 @@ def _batch_rises(obj: Objective, delta: torch.Tensor, data):
     for x, y, n in data.batches():
         one = [(x, y)]
         d = as_data(one, obj.device, obj.dtype, check_finite=False)
-        rises.append(_loss_on(obj, th0 + delta, d) - _loss_on(obj, th0, d))
+        rises.append(obj.evaluate(th0 + delta, data=d)[0] - obj.evaluate(th0, data=d)[0])
         ns.append(n)
     return _weighted_mean_se(np.array(rises), np.array(ns, float))
 
@@ -322,16 +322,6 @@ def _weighted_mean_se(v, w):
     # standard error of a weighted mean of independent batch estimates
     var = float((w * (v - mean) ** 2).sum()) / (1 - (w ** 2).sum())
     return mean, math.sqrt(var * (w ** 2).sum())
-
-
-@torch.no_grad()
-def _loss_on(obj: Objective, theta, data) -> float:
-    saved = obj.data
-    obj.data = data
-    try:
-        return obj.evaluate(theta)[0]
-    finally:
-        obj.data = saved
 
 
 def _subsets(obj: Objective, m, seed):
@@ -383,7 +373,7 @@ def sam_sharpness(model: nn.Module, loss_fn, data, rho=0.05, adaptive: bool = Fa
             rises = []
             for s, g in zip(subsets, grads):
                 eps = Ball(obj.theta0, r, norm, adaptive, eta).first_order(g)
-                rises.append(_loss_on(obj, obj.theta0 + eps, s) - _loss_on(obj, obj.theta0, s))
+                rises.append(obj.evaluate(obj.theta0 + eps, data=s)[0] - obj.evaluate(obj.theta0, data=s)[0])
             v, e = _weighted_mean_se(np.array(rises), np.ones(len(rises)))
         else:
             eps = Ball(obj.theta0, r, norm, adaptive, eta).first_order(grads[0])
@@ -421,7 +411,7 @@ def worst_case_sharpness(model: nn.Module, loss_fn, data, rho=0.1, adaptive: boo
             if not bool((u != 0).any()):  # zero gradient (a critical point): start from a random point of the ball
                 z = torch.randn(u.shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64).to(u)
                 u = ball.project_u(z * (r / z.norm() if ball.p == 2 else r))
-            best_u, best = u, _loss_on(obj, obj.theta0 + ball.c * u, s)
+            best_u, best = u, obj.evaluate(obj.theta0 + ball.c * u, data=s)[0]
             step, mom = 2 * r, torch.zeros_like(u)
             for _ in range(int(n_steps)):
                 l, g = obj.loss_and_grad(obj.theta0 + ball.c * u, data=s)
@@ -431,7 +421,7 @@ def worst_case_sharpness(model: nn.Module, loss_fn, data, rho=0.1, adaptive: boo
                 d = ball.ascent_dir_u(ball.c * g)
                 mom = 0.75 * mom + d
                 cand = ball.project_u(u + step * ball.ascent_dir_u(mom))
-                lc = _loss_on(obj, obj.theta0 + ball.c * cand, s)
+                lc = obj.evaluate(obj.theta0 + ball.c * cand, data=s)[0]
                 if lc > best:
                     best, best_u, u = lc, cand, cand
                 else:
