@@ -113,7 +113,8 @@ class _Capture(TorchFunctionMode):
         self.explicit = set(attention_modules or [])
         self.keep = keep  # (layer index, example) for an attention map, or None
         self.maps = {}
-        self._names = {m: n for n, m in model.named_modules()}
+        self._mods = dict(model.named_modules())
+        self._names = {m: n for n, m in self._mods.items()}
         self._handles = []
 
     # -- module stack ----------------------------------------------------------------------------
@@ -139,17 +140,12 @@ class _Capture(TorchFunctionMode):
         return self.stack[-1] if self.stack else "<model>"
 
     def _in_attention_module(self):
+        """The innermost running module that computes attention with a softmax: named in
+        ``attention_modules`` or of a class whose name contains "Attention"."""
         for n in reversed(self.stack):
-            mod = dict(self.model.named_modules()).get(n) if n not in self._mods_cache else self._mods_cache[n]
-            if n in self.explicit or "attention" in type(mod).__name__.lower():
+            if n in self.explicit or "attention" in type(self._mods.get(n)).__name__.lower():
                 return n
         return None
-
-    @property
-    def _mods_cache(self):
-        if not hasattr(self, "_mc"):
-            self._mc = dict(self.model.named_modules())
-        return self._mc
 
     # -- interception --------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -175,7 +171,7 @@ class _Capture(TorchFunctionMode):
             return self.query_mask.to(allowed_full.device)
         if T == S:  # self-attention: key i padding <=> query i padding
             key_used = allowed_full.any(dim=-2)  # (B|1, H|1, S): allowed for some query
-            return key_used.all(dim=1).expand(B, S) if key_used.shape[0] == B else key_used.all(dim=1).expand(B, S)
+            return key_used.all(dim=1).expand(B, S)
         return torch.ones(B, T, dtype=torch.bool, device=allowed_full.device)
 
     def _sdpa(self, q, k, v=None, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):

@@ -11,7 +11,6 @@ decorator does), since switching modes touches the modules' flags.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
@@ -124,7 +123,3 @@ class Objective:
             total += float(loss.detach()) * n
             g += gb * (n / data.n)
         return total / data.n, g
-
-
-def finite_or_nan(v: float) -> float:
-    return v if math.isfinite(v) else float("nan")
