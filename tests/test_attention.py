@@ -60,6 +60,7 @@ def test_torch_native_encoder_matches_eager_float64(fastpath, causal):
     ws = _eager_layers(enc, x, pad, cm)
     for layer, w in enumerate(ws):
         np.testing.assert_allclose(ds.entropy[layer].values, _ref_entropy(w, ~pad), atol=1e-5)
+    assert np.isnan(ds.max_logit.values).all()  # MHA hands out probabilities only: no logit is made up
     if causal:  # normalised by ln(i + 1) for the causal rows (padded keys also excluded)
         w = ws[0].double()
         Hrow = -(torch.special.xlogy(w, w)).sum(-1)
@@ -100,10 +101,31 @@ def test_hf_bert_matches_eager_probabilities_and_config_is_untouched(impl):
     ref_model.load_state_dict(m.state_dict())
     with torch.no_grad():
         out = ref_model(**inp, output_attentions=True)
+    valid = inp["attention_mask"].bool()
     for layer, w in enumerate(out.attentions):
-        np.testing.assert_allclose(ds.entropy[layer].values, _ref_entropy(w, inp["attention_mask"].bool()), atol=1e-5)
-        # max logit: recompute q.k/sqrt(d) from the layer's projections is covered by the sdpa/eager agreement
-    assert np.all(ds.n_rows.values == int(inp["attention_mask"].sum()))
+        np.testing.assert_allclose(ds.entropy[layer].values, _ref_entropy(w, valid), atol=1e-5)
+        # sink mass: the probability on the first key, token-weighted over valid queries
+        sink = [w[:, h, :, 0].double()[valid].mean().item() for h in range(4)]
+        np.testing.assert_allclose(ds.sink_mass[layer].values, sink, atol=1e-6)
+    # max logit: q.k / sqrt(d) recomputed in float64 from each layer's input and its query/key projections
+    inputs = {}
+    hooks = [lyr.attention.self.register_forward_pre_hook(
+        lambda mod, args, kwargs, i=i: inputs.__setitem__(i, (args[0] if args else kwargs["hidden_states"]).detach()),
+        with_kwargs=True) for i, lyr in enumerate(ref_model.encoder.layer)]
+    with torch.no_grad():
+        ref_model(**inp)
+    for h_ in hooks:
+        h_.remove()
+    for layer, lyr in enumerate(ref_model.encoder.layer):
+        att = lyr.attention.self
+        x = inputs[layer].double()
+        q = (x @ att.query.weight.double().T + att.query.bias.double()).reshape(3, 9, 4, 8).transpose(1, 2)
+        k = (x @ att.key.weight.double().T + att.key.bias.double()).reshape(3, 9, 4, 8).transpose(1, 2)
+        z = (q @ k.transpose(-1, -2)) / math.sqrt(8)
+        z = z.masked_fill(~valid[:, None, None, :], -math.inf)
+        ref = [z[:, h].amax(-1)[valid].max().item() for h in range(4)]
+        np.testing.assert_allclose(ds.max_logit[layer].values, ref, rtol=1e-5)
+    assert np.all(ds.n_rows.values == int(valid.sum()))
 
 
 def test_padding_invariance():

@@ -9,7 +9,8 @@ intercepts
   the probabilities are recomputed from q, k, the mask, ``scale`` and ``is_causal`` (GQA aware);
 * ``F.multi_head_attention_forward`` (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``; an
   active mode also turns off torch's fused fast path): called with ``need_weights=True,
-  average_attn_weights=False`` and its per-head weights used; the caller gets what it asked for;
+  average_attn_weights=False`` and its per-head weights used; the caller gets what it asked for.
+  Only probabilities come back, so the max logit is NaN on this path (softmax is shift-invariant);
 * ``softmax`` over the last dim of a 4-D tensor inside a module whose class name contains
   "Attention" or that is named in ``attention_modules`` (eager HuggingFace attention, hand-written
   attention): the softmax input is the masked, scaled logits.
