@@ -33,7 +33,7 @@ def _leaf_with_forward(model):
 
 def test_registry_is_not_empty():
     assert {"evaluate", "landscape.slice_1d", "landscape.slice_2d", "landscape.interpolate", "attention.entropy",
-            "sharpness.hessian_eigenvalues", "sharpness.sam_sharpness"} <= set(PROBES)
+            "sharpness.hessian_eigenvalues", "sharpness.sam_sharpness", "attention.attention_map"} <= set(PROBES)
 
 
 @pytest.fixture(params=sorted(PROBES))
@@ -83,6 +83,7 @@ def test_failure_midway_leaves_model_bitwise_unchanged(info, exc, where):
     assert trap.calls >= 1
     for s, m in zip(states, mods):
         assert diff_state(s, m) == []
+        assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules()), "a hook was left"
 
 
 def test_deterministic(info):

@@ -232,3 +232,20 @@ def test_logme_is_finite_when_the_targets_lie_in_the_feature_span():
     yy = (F[:, 0] > 0).astype(int) + 2 * (F[:, 1] > 0)
     s2, p2 = T.logme(F, yy, return_params=True)
     assert np.isfinite(s2) and np.all(np.isfinite(p2["evidence_per_column"]))
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("planted"), KeyboardInterrupt()])
+def test_features_leave_the_model_untouched_when_interrupted(exc):
+    from workbench.state import diff_state, snapshot
+    from workbench.testing import Trap, hostile_transformer
+
+    m, x, mask = hostile_transformer()
+    s = snapshot(m)
+    trap = Trap(m.encoder.layers[1].norm2, exc, at=1)
+    try:
+        with pytest.raises(type(exc)):
+            T.features(m, x, ["encoder.layers.0", "encoder.layers.1"], pool="cls")
+    finally:
+        trap.remove()
+    assert diff_state(s, m) == []
+    assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())  # no hook left behind

@@ -492,22 +492,30 @@ def entropy(model: nn.Module, inputs, *, normalized: bool = False, resolution: s
     return da
 
 
+def _case_map():
+    from .testing import hostile_transformer
+
+    m, x, mask = hostile_transformer()
+    return (m, x, 1), dict(example=1, src_key_padding_mask=mask)
+
+
+@probe("attention.attention_map", case=_case_map)
 def attention_map(model: nn.Module, inputs, layer: int, example: int = 0, *, attention_modules=None,
                   **forward_kwargs) -> xr.DataArray:
     """Full attention probabilities of one example at one layer, over (head, query, key)."""
-    from .state import preserve
-
-    with preserve(model):
-        order, per_layer, kinds, maps = _run(model, inputs, forward_kwargs, "head", 128, attention_modules,
-                                             keep=(layer, example))
+    order, per_layer, kinds, maps = _run(model, inputs, forward_kwargs, "head", 128, attention_modules,
+                                         keep=(layer, example))
     if not 0 <= layer < len(order):
         raise ValueError(f"layer: the model has {len(order)} attention layers (0..{len(order) - 1}), got {layer}")
-    p = torch.cat(maps[order[layer]], dim=-2).numpy() if order[layer] in maps else None
-    if p is None:
-        raise ValueError(f"example: no example {example} in the inputs")
-    return xr.DataArray(p, dims=("head", "query", "key"), name="attention",
-                        attrs={"long_name": f"attention probabilities, {order[layer]}", "units": "1",
-                               "module": order[layer], "example": int(example)})
+    if order[layer] not in maps:
+        raise ValueError(f"example: the first batch of inputs has no example {example}; pass an index below its size")
+    p = torch.cat(maps[order[layer]], dim=-2).numpy()
+    da = xr.DataArray(p, dims=("head", "query", "key"), name="attention",
+                      attrs={"long_name": f"attention probabilities, {order[layer]}", "units": "1",
+                             "module": order[layer], "example": int(example)})
+    da.attrs.update(provenance("attention.attention_map", dict(layer=layer, example=example,
+                                                              forward_kwargs=sorted(forward_kwargs)), model))
+    return da
 
 
 # -- detectors ---------------------------------------------------------------------------------
