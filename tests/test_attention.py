@@ -282,3 +282,13 @@ def test_fused_outputs_match_the_kernel_and_exact_mode():
     a = A.attention_stats(m, inp)
     b = A.attention_stats(m, inp, exact_outputs=True)
     np.testing.assert_allclose(a.entropy.values, b.entropy.values, atol=1e-6)
+
+
+def test_bad_resolution_is_rejected_before_the_forward():
+    calls = []
+    enc = _encoder()
+    h = enc.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match="resolution: expected"):
+        A.attention_stats(enc, torch.randn(2, 5, 16), resolution="token")
+    h.remove()
+    assert calls == []

@@ -260,3 +260,9 @@ def test_tied_weights_move_together():
     with torch.no_grad():
         ref.emb.weight.add_(0.5 * d["emb.weight"])  # moves both uses
         assert float(s[0]) == pytest.approx(float(nn.functional.cross_entropy(ref(x), y)), rel=1e-6)
+
+
+def test_flat_direction_of_the_wrong_length_names_the_fix():
+    m, data = _cnn(), _data()
+    with pytest.raises(ValueError, match="direction 0: a flat vector must have 483 entries.*parameters\\(\\) order"):
+        L.slice_1d(m, nn.CrossEntropyLoss(), data, direction=torch.ones(10_000), progress=False)

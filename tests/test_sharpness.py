@@ -363,3 +363,17 @@ def test_zoo_sharpness_measures_agree_on_the_cnn_and_disagree_on_the_mlp(zoo_bui
                 assert asam["sgd-large"] > max(asam["sgd-small"], asam["sam"]), (arch, seed, asam)
             else:
                 assert asam["sgd-large"] < asam["sgd-small"], (arch, seed, asam)
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda m, lf, d: S.spectral_density(m, lf, d, n_steps=1, progress=False), "n_steps"),
+    (lambda m, lf, d: S.spectral_density(m, lf, d, n_runs=0, progress=False), "n_runs"),
+    (lambda m, lf, d: S.hessian_trace(m, lf, d, rtol=-0.1, progress=False), "rtol"),
+    (lambda m, lf, d: S.hessian_trace(m, lf, d, confidence=95, progress=False), "confidence"),
+    (lambda m, lf, d: S.sam_sharpness(m, lf, d, mode="inference", progress=False), "mode: expected"),
+])
+def test_more_bad_arguments_name_themselves(call, words):
+    from workbench.testing import tiny_classifier
+
+    with pytest.raises(ValueError, match=words):
+        call(*tiny_classifier())

@@ -335,6 +335,8 @@ def _run(model, inputs, forward_kwargs, resolution, query_chunk, attention_modul
     from .params import model_device_dtype
     from .state import set_mode
 
+    if resolution not in ("head", "example", "query"):
+        raise ValueError(f"resolution: expected 'head', 'example' or 'query', got {resolution!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     set_mode(model, mode)

@@ -58,7 +58,8 @@ def _as_direction(space: ParamSpace, d, what="direction") -> torch.Tensor:
     if isinstance(d, np.ndarray) and d.ndim == 1:  # e.g. a Hessian eigenvector from hessian_eigenvalues
         d = torch.from_numpy(d)
     if isinstance(d, torch.Tensor) and d.dim() == 1 and d.numel() != space.numel and d.numel() > len(space.names):
-        raise ValueError(f"{what}: a flat vector must have {space.numel} entries (the parameter space), got {d.numel()}")
+        raise ValueError(f"{what}: a flat vector must have {space.numel} entries (the parameter space), got {d.numel()}; "
+                         "give one value per parameter in model.parameters() order, or a dict by parameter name")
     if isinstance(d, torch.Tensor) and d.dim() == 1 and d.numel() == space.numel:
         v = d.to(space.device, space.dtype)
     else:

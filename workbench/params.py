@@ -107,7 +107,8 @@ class ParamSpace:
 
     def unflatten(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
         if vec.shape[-1] != self.numel:
-            raise ValueError(f"vector has {vec.shape[-1]} entries, the parameter space {self.numel}")
+            raise ValueError(f"direction: a flat vector must have {self.numel} entries (one per parameter in the chosen "
+                             f"space), got {vec.shape[-1]}; build it with ParamSpace(model, params).flatten(...)")
         out, i = {}, 0
         lead = vec.shape[:-1]
         for n, s, k in zip(self.names, self.shapes, self.numels):

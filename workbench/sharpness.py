@@ -160,6 +160,10 @@ def hessian_trace(model: nn.Module, loss_fn, data, n_hvp: int = 99, method: str 
     ``confidence`` interval (``ci_low``, ``ci_high``). With ``rtol`` (Hutchinson and Hutch++), Rademacher
     probes are added in blocks until the CI half-width is at most ``rtol |trace|`` or ``max_hvp`` is spent.
     """
+    if rtol is not None and not rtol > 0:
+        raise ValueError(f"rtol: the target relative half-width of the confidence interval must be > 0, got {rtol}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence: expected a level in (0, 1), e.g. 0.95, got {confidence}")
     obj = Objective(model, loss_fn, data, params=params, mode=mode)
     P = obj.space.numel
     op = HVP(obj, engine=engine)
@@ -223,6 +227,10 @@ def spectral_density(model: nn.Module, loss_fn, data, n_runs: int = 5, n_steps: 
     re-smoothed at any width without new HVPs (:func:`density_from_nodes`). The density integrates to
     1 and its first moment is a Hutchinson estimate of ``tr(H) / P``.
     """
+    if int(n_runs) < 1:
+        raise ValueError(f"n_runs: need at least 1 Lanczos run, got {n_runs}")
+    if int(n_steps) < 2:
+        raise ValueError(f"n_steps: need at least 2 Lanczos steps per run (60 is typical), got {n_steps}")
     obj = Objective(model, loss_fn, data, params=params, mode=mode)
     P = obj.space.numel
     op = HVP(obj, engine=engine)

@@ -170,4 +170,4 @@ def set_mode(model: nn.Module, mode: str) -> None:
     elif mode == "train":
         model.train()
     else:
-        raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
+        raise ValueError(f"mode: expected 'eval' (running statistics, no dropout) or 'train' (batch statistics), got {mode!r}")
