@@ -338,6 +338,8 @@ def test_summary_over_checkpoints(zoo_built):
     ds = S.summary(cks, nn.CrossEntropyLoss(), (x[:400], y[:400]), k=2, n_hvp=12, n_samples=3, progress=False)
     assert ds.lambda_max.dims == ("checkpoint",) and ds.sizes["checkpoint"] == 2
     assert np.all(ds.lambda_max.values > 0) and np.all(ds.trace.values > ds.lambda_max.values)
+    np.testing.assert_allclose(ds.trace_per_param.values, ds.trace.values / 8970, rtol=1e-12)  # P of the demo MLP
+    np.testing.assert_allclose(ds.lambda_max_over_trace.values, ds.lambda_max.values / ds.trace.values, rtol=1e-12)
     import workbench as wb
 
     wb.save(ds, "/tmp/_summary.nc")

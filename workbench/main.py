@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from . import reports, zoo
+from .results import load
 
 
 def run(out: str | Path = "reports", models=("mlp-sgd-large-s0", "mlp-sam-s0"), progress: bool = True) -> list[Path]:
@@ -18,9 +19,7 @@ def run(out: str | Path = "reports", models=("mlp-sgd-large-s0", "mlp-sam-s0"), 
     for m in models:
         r = reports.run_report("model_report", {"model": m}, out, stem=f"model_report__{m}")
         pages.append(Path(r["html"]).resolve())
-        import workbench as wb
-
-        ds = wb.load(r["nc"])
+        ds = load(r["nc"])
         print(f"\n{m}: loss {float(ds.loss):.4g}, lambda_max {float(ds.lambda_max):.4g}, trace {float(ds.trace):.4g}, "
               f"loss rise along random directions {float(ds.loss_rise):.4g}", flush=True)
     print(f"\nwrote {len(pages)} reports in {time.perf_counter() - t0:.1f} s:")

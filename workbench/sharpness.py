@@ -587,7 +587,6 @@ def summary(models, loss_fn, data, *, k: int = 5, n_hvp: int = 99, rho: float = 
         asam = sam_sharpness(m, loss_fn, data, rho=adaptive_rho, adaptive=True, progress=False, **kw)
         avg = average_sharpness(m, loss_fn, data, rho=rho / 10, n_samples=n_samples, seed=seed, progress=False, **kw)
         gam = gam_flatness(m, loss_fn, data, rho=rho, **kw)
-        P = tr.attrs["trace_per_param"] and float(tr) / tr.attrs["trace_per_param"]
         ds = xr.Dataset({
             "loss": ev.loss, "accuracy": ev.accuracy,
             "eigenvalues": eig.drop_vars("residual").rename("eigenvalues"),
@@ -595,7 +594,7 @@ def summary(models, loss_fn, data, *, k: int = 5, n_hvp: int = 99, rho: float = 
             "trace": ((), float(tr), {"long_name": "Hessian trace (Hutch++)"}),
             "trace_stderr": ((), tr.attrs["stderr"]),
             "lambda_max_over_trace": ((), float(eig[0]) / float(tr)),
-            "trace_per_param": ((), float(tr) / P if P else math.nan),
+            "trace_per_param": ((), tr.attrs["trace_per_param"]),
             "sam_sharpness": ((), float(sam), {"long_name": f"SAM sharpness, rho={rho}"}),
             "sam_stderr": ((), float(sam.stderr)),
             "asam_sharpness": ((), float(asam), {"long_name": f"ASAM sharpness, rho={adaptive_rho}"}),

@@ -141,15 +141,20 @@ def _save_atomic(obj, path: Path) -> None:
         raise
 
 
-def _is_built(name: str) -> bool:
+def _cached(name: str) -> dict | None:
+    """The cached record of ``name`` if it exists and matches the current spec (one read), else None."""
     p = _path(name)
     if not p.exists():
-        return False
+        return None
     try:
         rec = torch.load(p, weights_only=True, map_location="cpu")
-    except Exception:
-        return False
-    return rec.get("spec_hash") == _spec_hash(CATALOG[name])
+    except Exception:  # a file from an older format or a broken copy: rebuild it
+        return None
+    return rec if rec.get("spec_hash") == _spec_hash(CATALOG[name]) else None
+
+
+def _is_built(name: str) -> bool:
+    return _cached(name) is not None
 
 
 def build(which=None, force: bool = False, progress: bool = True) -> list[str]:
@@ -172,9 +177,11 @@ def build(which=None, force: bool = False, progress: bool = True) -> list[str]:
 def record(name: str) -> dict:
     """The cached training record of ``name`` (built on first use)."""
     _check_name(name)
-    if not _is_built(name):
+    rec = _cached(name)
+    if rec is None:
         build([name])
-    return torch.load(_path(name), weights_only=True, map_location="cpu")
+        rec = _cached(name)
+    return rec
 
 
 def _model_from(spec, state_dict) -> nn.Module:
