@@ -292,3 +292,111 @@ def test_bad_resolution_is_rejected_before_the_forward():
         A.attention_stats(enc, torch.randn(2, 5, 16), resolution="token")
     h.remove()
     assert calls == []
+
+
+class _SDPA(nn.Module):
+    """Calls F.scaled_dot_product_attention on given q, k, v with fixed keyword arguments."""
+
+    def __init__(self, **kw):
+        super().__init__()
+        self.kw = kw
+
+    def forward(self, q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, **self.kw)
+
+
+def _sdpa_reference(q, k, v, attn_mask=None, is_causal=False, enable_gqa=False):
+    """float64 statistics per row (B, H, T) and the output, from the definitions."""
+    q, k, v = q.double(), k.double(), v.double()
+    if enable_gqa:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    z = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    allowed = torch.ones_like(z, dtype=torch.bool)
+    bias = torch.zeros_like(z)
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        allowed = allowed & attn_mask
+    elif attn_mask is not None:
+        allowed = allowed & torch.isfinite(attn_mask)
+        bias = bias + torch.where(torch.isfinite(attn_mask), attn_mask.double(), 0.0)
+    if is_causal:
+        allowed = allowed & torch.ones(z.shape[-2:], dtype=torch.bool).tril()
+    neg = torch.tensor(-math.inf, dtype=torch.float64)
+    p = torch.softmax(torch.where(allowed, z + bias, neg), -1)
+    return {"entropy": -(torch.special.xlogy(p, p)).sum(-1), "max_logit": torch.where(allowed, z, neg).amax(-1),
+            "sink_mass": p[..., 0], "rows": allowed.any(-1), "output": p @ v}
+
+
+@pytest.mark.parametrize("budget", [1 << 19, 4 * 37 * 3, 1])  # groups of examples; one example, 3 queries; 1 query
+@pytest.mark.parametrize("case", ["bias", "causal", "gqa_cross"])
+def test_sdpa_blocks_match_float64_definitions(monkeypatch, case, budget):
+    """Every way the reduction can be blocked gives the float64 values of the definitions: additive bias (the
+    max logit is taken before it), causal mask, grouped-query cross-attention with a fully masked row."""
+    monkeypatch.setattr(A, "_block_elements", lambda device: budget)
+    g = torch.Generator().manual_seed(3)
+    B, H, T, S, d = 5, 4, 37, 37, 8
+    kw = {}
+    if case == "gqa_cross":
+        T, kw = 7, {"enable_gqa": True}
+    Hk = 2 if case == "gqa_cross" else H
+    # q, k, v as HuggingFace hands them: (B, T, H, d) memory seen as (B, H, T, d)
+    q = 2 * torch.randn(B, T, H, d, generator=g).transpose(1, 2)
+    k = 2 * torch.randn(B, S, Hk, d, generator=g).transpose(1, 2)
+    v = torch.randn(B, S, Hk, d, generator=g).transpose(1, 2)
+    lengths = torch.tensor([37, 30, 12, 37, 5])
+    keys_ok = torch.arange(S)[None, :] < lengths[:, None]  # (B, S)
+    if case == "bias":  # ALiBi-like distance penalty, -inf on padded keys
+        dist = (torch.arange(T)[:, None] - torch.arange(S)[None, :]).abs().float()
+        slopes = torch.tensor([0.5, 0.25, 0.125, 0.0625])[None, :, None, None]
+        kw["attn_mask"] = (-slopes * dist).masked_fill(~keys_ok[:, None, None, :], -math.inf)
+    elif case == "causal":
+        kw["is_causal"] = True
+    else:
+        mask = keys_ok[:, None, None, :].expand(B, 1, T, S).clone()
+        mask[0, 0, 2] = False  # a fully masked query row: it counts nowhere
+        kw["attn_mask"] = mask
+    model = _SDPA(**kw)
+    ds = A.attention_stats(model, (q, k, v), resolution="query")
+    ref = _sdpa_reference(q, k, v, **kw)
+    rows = ref["rows"].clone()
+    if T == S:  # self-attention: queries at padded positions are excluded
+        rows &= (keys_ok if case != "causal" else torch.ones(B, S, dtype=torch.bool))[:, None, :]
+    for key in ("entropy", "max_logit", "sink_mass"):
+        got = torch.from_numpy(ds[key].isel(layer=0).values).permute(1, 0, 2)  # (B, H, T)
+        assert torch.equal(torch.isfinite(got), rows), key
+        np.testing.assert_allclose(got[rows].numpy(), ref[key][rows].numpy(), rtol=1e-5, atol=1e-5, err_msg=key)
+    if case == "gqa_cross":
+        assert ds.entropy.isel(layer=0, example=0, query=2).isnull().all()
+    with torch.no_grad():  # the output handed back to the model: softmax(z) @ v, or the kernel's own
+        cap = A._Capture(model, None, "head", 128, None)
+        with cap:
+            out = model(q, k, v)
+    ok = ref["rows"]
+    np.testing.assert_allclose(out[ok].numpy(), ref["output"][ok].numpy(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        kernel = model(q, k, v)
+    assert out.shape == kernel.shape and out.stride() == kernel.stride()  # the layout the kernel gives
+
+
+def test_a_module_run_twice_in_one_forward_is_two_layers():
+    """Shared weights (ALBERT-style): each call of the same attention module is its own layer."""
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            h = self.att(x, x, x)[0]
+            return self.att(h, h, h)[0]
+
+    torch.manual_seed(0)
+    net, x = Twice().eval(), 3 * torch.randn(2, 6, 8)
+    ds = A.attention_stats(net, x)
+    assert list(ds.module.values) == ["att", "att#1"]
+    with torch.no_grad():
+        h, w0 = net.att(x, x, x, average_attn_weights=False)
+        _, w1 = net.att(h, h, h, average_attn_weights=False)
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    for layer, w in enumerate((w0, w1)):
+        np.testing.assert_allclose(ds.entropy[layer].values, _ref_entropy(w, valid), atol=1e-6)
+    assert abs(float(ds.entropy[0].mean() - ds.entropy[1].mean())) > 1e-3  # two different layers, not one twice

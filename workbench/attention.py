@@ -33,12 +33,16 @@ A query row counts if it is valid: in self-attention (equal query and key length
 b is valid iff key i is not padding (allowed for at least one query), or as given by the
 ``attention_mask`` of mapping inputs; fully masked rows never count. Per-head values are
 token-weighted means over valid (example, query) rows, accumulated in float64. Reductions happen
-inside the interception in chunks of ``query_chunk`` queries, so no layer's full attention tensor is
-kept: memory stays near a plain forward pass.
+inside the interception, block by block (at most ``query_chunk`` queries of one example, or of a few
+examples when sequences are short; about 2 MB of logits on CPU, so that a block and its exp stay in
+cache), so no layer's full attention tensor is kept: memory stays near a plain forward pass. Per row,
+five passes over the block (max, shift, exp, sum, e * z') and two matmuls (q k^T, e v): on MiniLM at
+8 x 512 tokens about 1.2x a plain sdpa forward (``benchmarks/attention.py``).
 """
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -52,52 +56,62 @@ from .registry import probe
 from .results import provenance
 
 _NEG = -1e30  # stands for "disallowed" in finite arithmetic (0 * _NEG is 0, not NaN)
+_STATS = ("entropy", "normalized_entropy", "max_logit", "sink_mass")
 
 
-class _Acc:
-    """Per-layer accumulators: sums over valid rows per head (and per example / query on request)."""
-
-    def __init__(self, name, resolution):
-        self.name, self.resolution = name, resolution
-        self.parts = []  # per call: dict of tensors (B, H) sums or (B, H, T) per-row values
-        self.kind = None
-
-    def add(self, rows: dict, kind: str):
-        self.kind = self.kind or kind
-        self.parts.append(rows)
+def _block_elements(device) -> int:
+    """Elements of one float32 (examples, heads, queries, keys) block. On CPU 2**19 (2 MB): the block
+    and its exp stay in a core's L2 cache, and glibc serves it from the heap; blocks of 16 MB were
+    fresh mmaps each time (page faults) and made the reduction 3x slower. Elsewhere 2**22."""
+    return 1 << 19 if torch.device(device).type == "cpu" else 1 << 22
 
 
-def _row_stats(z, allowed, valid_q, raw_max=None, v=None):
-    """Per-row statistics for logits z (B, H, c, S) float32 (mask bias included; *overwritten*),
-    allowed (B|1, H|1, c, S) bool or None (all allowed), valid_q (B, c) bool; ``raw_max`` the max
-    logit before an additive bias if there is one. Returns dict of (B, H, c) float64 tensors (NaN
-    where a row is invalid).
+def _block(t, i, s, e, B, T):
+    """Examples ``i`` (an index or a slice) and queries [s, e) of a (B|1, H|1, T|1, S) mask or bias,
+    broadcast dims kept (the example dim dropped when ``i`` is an index)."""
+    t = t[i] if t.shape[0] == B else (t[0] if isinstance(i, int) else t)
+    return t[..., s:e, :] if t.shape[-2] == T and T > 1 else t
 
-    In place and with one exp per element: with m = max_j z_j, z'_j = z_j - m, e_j = exp(z'_j) and
-    s = sum_j e_j, the entropy is H = ln s - sum_j e_j z'_j / s and the first-key mass e_0 / s.
-    """
-    if allowed is not None:
-        z.masked_fill_(~allowed, _NEG)
-    m = z.amax(-1, keepdim=True)
-    z.sub_(m)
+
+def _block_sums(z, blocked, v, rows, out, scale):
+    """Row sums of one block of logits ``scale * z``: z ([g,] H, c, S) float32 (mask bias included,
+    *overwritten*), ``scale`` > 0, ``blocked`` a bool mask of disallowed keys broadcastable to z, or None.
+    Writes, per row, into ``rows`` (4, [g,] H, c) float32: m = max_j scale z_j, s = sum_j e_j,
+    ez = sum_j e_j z'_j and e0 = e_0, with z'_j = scale z_j - m <= 0 and e_j = exp(z'_j); and
+    softmax(scale z) @ v into ``out`` when v is given.
+
+    One exp per element and no temporaries beyond e; z' is exact (Sterbenz) where e_j is large, so
+    the entropy ln s - ez / s has no cancellation (see :func:`_row_stats`). Few ops per block: each
+    costs microseconds of Python on a block that takes about a millisecond."""
+    m, s, ez, e0 = rows.unbind(0)
+    if blocked is not None:
+        z.masked_fill_(blocked, _NEG)
+    mx = z.amax(-1, keepdim=True)  # max(scale z) = scale max(z) for scale > 0
+    torch.mul(mx.squeeze(-1), scale, out=m)
+    torch.add(mx.mul_(-scale), z, alpha=scale, out=z)  # z' = scale z - m in one pass
     e = torch.exp(z)
-    ssum = e.sum(-1)
-    output = None if v is None else (e @ v).div_(ssum.unsqueeze(-1))  # softmax(z) @ v
-    sink = (e[..., 0] / ssum).double()
-    ent = (torch.log(ssum) - torch.linalg.vecdot(e, z) / ssum).double()  # reduces without writing e * z'
-    S = z.shape[-1]
-    n_allowed = (allowed.sum(-1).expand(ent.shape) if allowed is not None else
-                 torch.full(ent.shape, S, device=ent.device)).double()
-    maxlogit = (m.squeeze(-1) if raw_max is None else raw_max).double()
-    ok = (n_allowed > 0) & valid_q[:, None, :]
+    torch.sum(e, -1, out=s)
+    e0.copy_(e[..., 0])
+    if v is not None:  # softmax @ v, before e is overwritten (matmul's own out= would go one matrix at a time)
+        torch.div(e @ v, s.unsqueeze(-1), out=out)
+    torch.sum(e.mul_(z), -1, out=ez)
+
+
+def _row_stats(rows, n_allowed, valid_q, raw_max=None):
+    """Per-row statistics from the (4, B, H, T) float32 row sums m, s, ez, e0 of :func:`_block_sums`;
+    ``n_allowed`` (B|1, H|1, T|1) the number of allowed keys, ``valid_q`` (B, T) bool, ``raw_max`` the max
+    logit before an additive bias if there was one. Returns dict of (B, H, T) float64 tensors (NaN where a
+    row is invalid): entropy H = ln s - ez / s, normalised entropy H / ln n, max logit, sink mass e0 / s."""
+    m, s, ez, e0 = rows.double().unbind(0)
+    ent = torch.log(s) - ez / s
+    n = n_allowed.double().expand(ent.shape)
+    ok = (n > 0) & valid_q[:, None, :]
     nan = torch.full((), math.nan, dtype=torch.float64, device=ent.device)
     ent = torch.where(ok, ent.clamp_min(0), nan)
-    norm = torch.where(ok & (n_allowed > 1), ent / torch.log(n_allowed.clamp_min(2)), nan)
-    res = {"entropy": ent, "normalized_entropy": norm, "max_logit": torch.where(ok, maxlogit, nan),
-           "sink_mass": torch.where(ok, sink, nan)}
-    if output is not None:
-        res["output"] = output
-    return res
+    return {"entropy": ent,
+            "normalized_entropy": torch.where(ok & (n > 1), ent / torch.log(n.clamp_min(2)), nan),
+            "max_logit": torch.where(ok, m if raw_max is None else raw_max.double(), nan),
+            "sink_mass": torch.where(ok, e0 / s, nan)}
 
 
 class _Capture(TorchFunctionMode):
@@ -108,44 +122,47 @@ class _Capture(TorchFunctionMode):
         self.query_mask = query_mask  # (B, T) bool or None
         self.resolution = resolution
         self.chunk = int(query_chunk)
-        self.stack: list[str] = []
         self.layers: dict[str, list] = {}
         self.kinds: dict[str, str] = {}
         self.explicit = set(attention_modules or [])
         self.keep = keep  # (layer index, example) for an attention map, or None
         self.maps = {}
         self._mods = dict(model.named_modules())
-        self._names = {m: n for n, m in self._mods.items()}
-        self._handles = []
+        self._names = {id(m): n for n, m in self._mods.items()}  # the model holds them: ids stay valid
+        self._calls: dict[str, int] = {}
 
-    # -- module stack ----------------------------------------------------------------------------
-    def __enter__(self):
-        for m, n in self._names.items():
-            self._handles.append(m.register_forward_pre_hook(lambda mod, args, n=n: self.stack.append(n)))
-            self._handles.append(m.register_forward_hook(lambda mod, args, out, n=n: self._pop(n), always_call=True))
-        return super().__enter__()
+    # -- which module is running ------------------------------------------------------------------
+    def _running(self):
+        """Names of the model's modules whose code is on the Python call stack, innermost first, found
+        from the frames' ``self`` when a kernel is intercepted (hooks on every module would tax every
+        module call of the forward instead)."""
+        f = sys._getframe(1)
+        last = None
+        while f is not None:
+            co = f.f_code
+            if "self" in co.co_varnames or "self" in co.co_freevars:
+                name = self._names.get(id(f.f_locals.get("self")))  # by id: a module may be unhashable
+                if name is not None and name != last:
+                    yield name
+                    last = name
+            f = f.f_back
 
-    def __exit__(self, *exc):
-        try:
-            return super().__exit__(*exc)
-        finally:
-            for h in self._handles:
-                h.remove()
-            self._handles = []
-
-    def _pop(self, n):
-        if self.stack and self.stack[-1] == n:
-            self.stack.pop()
+    def _layer(self, name):
+        """One ``layer`` per call: a module that runs attention again in the same forward pass (shared
+        weights, ALBERT-style) gets ``name#1``, ``name#2``, ..."""
+        k = self._calls.get(name, 0)
+        self._calls[name] = k + 1
+        return name if k == 0 else f"{name}#{k}"
 
     def _current(self):
-        return self.stack[-1] if self.stack else "<model>"
+        return self._layer(next(self._running(), "<model>"))
 
     def _in_attention_module(self):
         """The innermost running module that computes attention with a softmax: named in
         ``attention_modules`` or of a class whose name contains "Attention"."""
-        for n in reversed(self.stack):
-            if n in self.explicit or "attention" in type(self._mods.get(n)).__name__.lower():
-                return n
+        for n in self._running():
+            if n in self.explicit or "attention" in type(self._mods[n]).__name__.lower():
+                return self._layer(n)
         return None
 
     # -- interception --------------------------------------------------------------------------------
@@ -247,46 +264,61 @@ class _Capture(TorchFunctionMode):
         if q is not None:
             B, H, T, _ = q.shape
             S = k.shape[-2]
+            dev = q.device
         else:
             B, H, T, S = logits.shape
-        allowed_full = allowed
-        valid = self._valid_queries(allowed_full, B, T, S)
-        out = {key: [] for key in ("entropy", "normalized_entropy", "max_logit", "sink_mass")}
+            dev = logits.device
+        valid = self._valid_queries(allowed, B, T, S)
         everything = bool(allowed.all())
-        outs = [] if v is not None else None
-        if q is not None:  # once per call: contiguous operands (HF hands transposed views) and the scale folded into q
-            qs = (q.float() * scale).contiguous()
-            kT = k.float().transpose(-1, -2).contiguous()
-            v1 = None if v is None else v.float().contiguous()
-        # bound the chunk's (B, H, c, S) float32 block to about 4 M elements (16 MB)
-        chunk = max(1, min(self.chunk, (4 << 20) // max(1, B * H * S)))
-        for s in range(0, T, chunk):
-            e = min(T, s + chunk)
-            al = allowed[..., s:e, :] if allowed.shape[-2] == T else allowed
+        # blocks of (examples, heads, queries, keys): at most query_chunk queries and about _block_elements(dev)
+        # elements; one example at a time (3-D views) unless one example's block is small
+        budget = _block_elements(dev)
+        c = max(1, min(self.chunk, T, budget // max(1, H * S)))
+        g = max(1, min(B, budget // max(1, H * c * S)))
+        if q is not None:
+            fold = bias is None and scale > 0  # then the scale is applied in the shift pass: no scaled copy of q
+            qs, kf, v1 = (q.float() if fold else q.float() * scale), k.float(), None if v is None else v.float()
+            if g > 1:  # 4-D blocks: bmm would multiply strided views (HF's transposed q, k, v) a matrix at a time
+                qs, kf, v1 = qs.contiguous(), kf.contiguous(), None if v1 is None else v1.contiguous()
+            kT = kf.transpose(-1, -2)  # BLAS reads it transposed; per example, strided views need no copy
+        z_scale = scale if q is not None and fold else 1.0
+        rows = torch.empty(4, B, H, T, dtype=torch.float32, device=dev)  # m, s, ez, e0 per row
+        raw_max = None if bias is None else torch.empty(B, H, T, dtype=torch.float32, device=dev)
+        output = None  # in q's memory layout, as the kernels do (HF's transpose(1, 2).contiguous() is then free)
+        if v is not None:
+            output = (torch.empty_like(q, dtype=torch.float32) if v.shape[-1] == q.shape[-1] else
+                      torch.empty(B, H, T, v.shape[-1], dtype=torch.float32, device=dev))
+        blocked = None if everything else ~allowed
+        for b0 in range(0, B, g):
+            i = b0 if g == 1 else slice(b0, min(B, b0 + g))
+            rows_i, out_i = rows[:, i], None if output is None else output[i]
+            v_i = None if output is None else v1[i]
             if q is not None:
-                raw = qs[:, :, s:e] @ kT
-                vv = v1
-                if bias is None:
-                    st = _row_stats(raw, None if everything else al, valid[:, s:e], v=vv)
+                q_i, k_i = qs[i], kT[i]
+            for s in range(0, T, c):
+                e = min(T, s + c)
+                bl = None if blocked is None else _block(blocked, i, s, e, B, T)
+                if q is not None:
+                    z = q_i[..., s:e, :] @ k_i
+                    if bias is not None:
+                        zm = z if bl is None else z.masked_fill(bl, -math.inf)
+                        torch.amax(zm, -1, out=raw_max[i][..., s:e])  # the max logit is taken before the bias
+                        z.add_(_block(bias, i, s, e, B, T))
                 else:
-                    neg = torch.full((), -math.inf, dtype=raw.dtype, device=raw.device)
-                    raw_max = torch.where(al, raw, neg).amax(-1)
-                    raw.add_(bias[..., s:e, :] if bias.shape[-2] == T else bias)
-                    st = _row_stats(raw, None if everything else al, valid[:, s:e], raw_max=raw_max, v=vv)
-                if outs is not None:
-                    outs.append(st.pop("output"))
-            else:
-                st = _row_stats(logits[:, :, s:e].clone(), None if everything else al, valid[:, s:e])
-                if no_logit:
-                    st["max_logit"] = torch.full_like(st["max_logit"], math.nan)
-            if self.keep is not None and self.keep[1] < B:
+                    z = logits[i][..., s:e, :].clone()
+                _block_sums(z, bl, v_i, rows_i[..., s:e], None if out_i is None else out_i[..., s:e, :], z_scale)
+        n_allowed = allowed.sum(-1) if not everything else torch.full((1, 1, 1), S, device=dev)
+        stats = _row_stats(rows, n_allowed, valid, raw_max)
+        if no_logit:
+            stats["max_logit"].fill_(math.nan)
+        if self.keep is not None and self.keep[1] < B:
+            for s in range(0, T, c):
+                e = min(T, s + c)
+                al = allowed[..., s:e, :] if allowed.shape[-2] == T else allowed
                 self.maps.setdefault(layer, []).append(self._probs(q, k, scale, bias, logits, al, s, e))
-            for key in out:
-                out[key].append(st[key].cpu())
-        rows = {key: torch.cat(val, dim=-1) for key, val in out.items()}  # (B, H, T)
-        self.layers.setdefault(layer, []).append(rows)
+        self.layers.setdefault(layer, []).append({key: val.cpu() for key, val in stats.items()})  # (B, H, T)
         self.kinds[layer] = kind
-        return torch.cat(outs, dim=2) if outs is not None else None
+        return output
 
     def _probs(self, q, k, scale, bias, logits, al, s, e):
         b = self.keep[1]
@@ -385,14 +417,15 @@ def _stack(order, per_layer, resolution):
             parts = per_layer[name]
             T = max(p[key].shape[-1] for p in parts)
             H = max(p[key].shape[1] for p in parts)
-            padded = [torch.nn.functional.pad(p[key], (0, T - p[key].shape[-1], 0, 0), value=math.nan)
-                      for p in parts]
+            padded = [p[key] if p[key].shape[-1] == T else
+                      torch.nn.functional.pad(p[key], (0, T - p[key].shape[-1], 0, 0), value=math.nan) for p in parts]
             padded = [torch.cat([p, torch.full((p.shape[0], H - p.shape[1], T), math.nan, dtype=p.dtype)], 1)
                       if p.shape[1] < H else p for p in padded]
             mats.append(torch.cat(padded, dim=0))
         Tm = max(m.shape[-1] for m in mats)
         Hm = max(m.shape[1] for m in mats)
-        mats = [torch.nn.functional.pad(m, (0, Tm - m.shape[-1], 0, Hm - m.shape[1]), value=math.nan) for m in mats]
+        mats = [m if m.shape[1:] == (Hm, Tm) else
+                torch.nn.functional.pad(m, (0, Tm - m.shape[-1], 0, Hm - m.shape[1]), value=math.nan) for m in mats]
         rows[key] = torch.stack(mats).numpy()
     return rows
 
