@@ -218,7 +218,13 @@ def test_zoo_vit_high_lr_collapses_and_sigma_reparam_does_not(zoo_built):
     assert A.detect_collapse(A.attention_stats(zoo.load("vit-high-lr"), x)).sel(layer=0).any()
 
 
-def test_entropy_lower_bound_holds_for_unit_inputs():
+def _row_entropy(z):
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return -(p * np.log(p)).sum(-1)
+
+
+def test_entropy_lower_bound_box_holds_for_unit_inputs_and_is_attained():
     rng = np.random.default_rng(0)
     T, d = 6, 4
     for _ in range(200):
@@ -226,17 +232,44 @@ def test_entropy_lower_bound_holds_for_unit_inputs():
         sigma = np.linalg.norm(W, 2)
         X = rng.normal(size=(T, d))
         X /= np.linalg.norm(X, axis=1, keepdims=True)
-        z = X @ W @ X.T
-        p = np.exp(z - z.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        H = -(p * np.log(p)).sum(1)
-        assert H.min() >= A.entropy_lower_bound(sigma, T) - 1e-9
-    assert A.entropy_lower_bound(0.0, 10) == pytest.approx(math.log(10))
-    # tight: logits at the extremes (one +sigma, the rest -sigma) attain it
-    sigma, T = 1.3, 7
+        assert _row_entropy(X @ W @ X.T).min() >= A.entropy_lower_bound(sigma, T, constraint="box") - 1e-9
+    assert A.entropy_lower_bound(0.0, 10, constraint="box") == pytest.approx(math.log(10))
+    sigma, T = 1.3, 7  # one logit at +sigma, the rest at -sigma
     z = np.r_[sigma, -sigma * np.ones(T - 1)]
-    p = np.exp(z) / np.exp(z).sum()
-    assert -(p * np.log(p)).sum() == pytest.approx(float(A.entropy_lower_bound(sigma, T)), rel=1e-12)
+    assert _row_entropy(z) == pytest.approx(float(A.entropy_lower_bound(sigma, T, constraint="box")), rel=1e-12)
+
+
+def test_entropy_lower_bound_of_zhai_et_al_is_the_minimum_over_the_sigma_ball():
+    """Thm 3.1 of Zhai et al. (2023): over logit rows with ||a||_2 <= sigma the entropy is at least the
+    bound, and the bound is the minimum (found here by a constrained optimiser from many starts)."""
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(1)
+    for T in (2, 3, 5, 8):
+        for sigma in (0.3, 1.0, 2.5, 6.0):
+            bound = float(A.entropy_lower_bound(sigma, T))
+            a = rng.normal(size=(2000, T))
+            a *= sigma * rng.uniform(0, 1, size=(2000, 1)) ** (1 / T) / np.linalg.norm(a, axis=1, keepdims=True)
+            assert _row_entropy(a).min() >= bound - 1e-12
+            best = min(minimize(_row_entropy, x0, method="SLSQP",
+                                constraints=[{"type": "ineq", "fun": lambda x: sigma ** 2 - x @ x}]).fun
+                       for x0 in sigma * rng.normal(size=(8, T)) / math.sqrt(T))
+            assert best == pytest.approx(bound, rel=1e-5, abs=1e-7)
+    # the extreme row: one logit sigma sqrt((T-1)/T), the rest -sigma / sqrt(T (T-1))
+    sigma, T = 2.0, 6
+    z = np.r_[sigma * math.sqrt((T - 1) / T), -sigma / math.sqrt(T * (T - 1)) * np.ones(T - 1)]
+    assert np.linalg.norm(z) == pytest.approx(sigma)
+    assert _row_entropy(z) == pytest.approx(float(A.entropy_lower_bound(sigma, T)), rel=1e-12)
+    # as a statement about weights: a_i = X W x_i with ||X||_2 <= 1
+    for _ in range(200):
+        W = rng.normal(size=(4, 4)) * rng.uniform(0.1, 5)
+        X = rng.normal(size=(T, 4))
+        X /= np.linalg.norm(X, 2)
+        assert _row_entropy(X @ W @ X.T).min() >= A.entropy_lower_bound(np.linalg.norm(W, 2), T) - 1e-9
+    assert A.entropy_lower_bound(0.0, 10) == pytest.approx(math.log(10))
+    assert A.entropy_lower_bound(3.0, 10) > A.entropy_lower_bound(3.0, 10, constraint="box")  # the stronger assumption
+    with pytest.raises(ValueError, match="constraint"):
+        A.entropy_lower_bound(1.0, 4, constraint="l2")
 
 
 def test_qk_spectral_norms_and_over_checkpoints(zoo_built):

@@ -636,20 +636,34 @@ def qk_spectral_norms(model: nn.Module) -> xr.DataArray:
                         attrs={"long_name": "||W_Q^T W_K||_2 / sqrt(d_h)", "units": "1"})
 
 
-def entropy_lower_bound(sigma, n_keys):
-    """Lower bound on the entropy of an attention row over ``n_keys = T`` keys whose logits all lie in
-    ``[-sigma, sigma]``, as they do for unit-norm inputs and ``||W_Q^T W_K||_2 / sqrt(d) = sigma``
-    (:func:`qk_spectral_norms`). The minimum over such logits puts one at +sigma and the rest at -sigma:
-    with ``beta = exp(-2 sigma)``,
-    ``H >= ln(1 + (T - 1) beta) + 2 sigma (T - 1) beta / (1 + (T - 1) beta)``.
-    It equals ln T at sigma = 0 and decays exponentially in sigma: the mechanism of Zhai et al.
-    (2023, Thm 3.1), who state a tighter bound of the same form; we ship this elementary one because
-    our transcription of theirs could not be verified (a numerical check found it violated).
-    LayerNorm's learned gain makes real inputs non-unit, so for a trained model it is a guide."""
+def entropy_lower_bound(sigma, n_keys, *, constraint: str = "norm"):
+    """Lower bound on the entropy (nats) of one attention row over ``T = n_keys`` keys, given a bound
+    ``sigma`` on its logits. With ``Delta`` the largest gap the constraint allows between the top logit
+    and all the others,
+
+    ``H >= ln(1 + (T - 1) e^-Delta) + Delta (T - 1) e^-Delta / (1 + (T - 1) e^-Delta)``,
+
+    attained by the row with one logit on top and the other T - 1 equal. It is ln T at sigma = 0 and
+    falls exponentially in sigma: a small spectral norm keeps attention from collapsing.
+
+    * ``constraint="norm"`` (Zhai et al. 2023, Thm 3.1): the logit row a has ``||a||_2 <= sigma``, as
+      for ``a_i = X W x_i`` with ``||W||_2 = sigma`` (:func:`qk_spectral_norms`) and
+      ``||x_i|| ||X||_2 <= 1``. The extreme row is ``sigma sqrt((T-1)/T)`` and ``-sigma / sqrt(T (T-1))``:
+      ``Delta = sigma sqrt(T / (T - 1))``.
+    * ``constraint="box"``: every logit in ``[-sigma, sigma]``, as for unit-norm tokens
+      (``||x_i|| <= 1`` only, a weaker assumption, hence a lower bound): ``Delta = 2 sigma``.
+
+    LayerNorm's learned gain makes real inputs non-unit, so for a trained model read it as a trend."""
+    if constraint not in ("norm", "box"):
+        raise ValueError(f"constraint: expected 'norm' (||logits||_2 <= sigma, Zhai et al.) or 'box' "
+                         f"(|logit| <= sigma), got {constraint!r}")
     s = np.asarray(sigma, dtype=float)
     T = np.asarray(n_keys, dtype=float)
-    beta = np.exp(-2 * s)
-    return np.log1p((T - 1) * beta) + 2 * s * (T - 1) * beta / (1 + (T - 1) * beta)
+    if np.any(T < 1):
+        raise ValueError("n_keys: the number of keys must be at least 1")
+    gap = 2 * s if constraint == "box" else s * np.sqrt(T / np.maximum(T - 1, 1))
+    r = (T - 1) * np.exp(-gap)
+    return np.log1p(r) + gap * r / (1 + r)
 
 
 # -- across checkpoints ----------------------------------------------------------------------
