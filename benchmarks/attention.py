@@ -14,6 +14,7 @@ Run: .venv/bin/python benchmarks/attention.py
 """
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -110,10 +111,13 @@ def timings(size, rounds):
     for f in fns.values():
         f()
     times = {m: [] for m in fns}
-    for _ in range(rounds):  # round-robin: machine load hits all modes alike
-        for m, f in fns.items():
+    order = list(fns)
+    rng = random.Random(0)
+    for _ in range(rounds):  # interleaved, so machine load hits all modes alike; shuffled, so that no mode
+        rng.shuffle(order)  # always runs just after eager's large allocations are freed
+        for m in order:
             t0 = time.perf_counter()
-            f()
+            fns[m]()
             times[m].append(time.perf_counter() - t0)
     return {m: statistics.median(v) for m, v in times.items()}, int(enc["attention_mask"].sum())
 
