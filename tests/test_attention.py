@@ -433,3 +433,47 @@ def test_a_module_run_twice_in_one_forward_is_two_layers():
     for layer, w in enumerate((w0, w1)):
         np.testing.assert_allclose(ds.entropy[layer].values, _ref_entropy(w, valid), atol=1e-6)
     assert abs(float(ds.entropy[0].mean() - ds.entropy[1].mean())) > 1e-3  # two different layers, not one twice
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama-gqa"])
+def test_hf_causal_decoders_match_eager_with_left_and_right_padding(arch):
+    """Causal decoders (GPT-2; LLaMA with grouped-query attention and rotary embeddings) under sdpa and
+    eager, with right and left padding, against float64 entropies of eager's own probabilities."""
+    from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel
+
+    def make(impl):
+        torch.manual_seed(1)
+        if arch == "gpt2":
+            m = GPT2Model(GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, attn_implementation=impl,
+                                     bos_token_id=0, eos_token_id=0))
+        else:
+            m = LlamaModel(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, attn_implementation=impl,
+                                       bos_token_id=0, eos_token_id=0, pad_token_id=0))
+        with torch.no_grad():  # near-collapsed heads with logits up to ~100: a precision test
+            for name, p in m.named_parameters():
+                if any(s in name for s in ("c_attn", "q_proj", "k_proj")):
+                    p.mul_(40)
+        return m.eval()
+
+    g = torch.Generator().manual_seed(0)
+    inp = {"input_ids": torch.randint(1, 50, (3, 11), generator=g), "attention_mask": torch.ones(3, 11, dtype=torch.long)}
+    inp["attention_mask"][1, 7:] = 0  # right padding
+    inp["attention_mask"][2, :3] = 0  # left padding
+    valid = inp["attention_mask"].bool()
+    with torch.no_grad():
+        weights = make("eager")(**inp, output_attentions=True).attentions
+    for impl, capture in (("sdpa", "sdpa"), ("eager", "softmax")):
+        ds = A.attention_stats(make(impl), inp)
+        assert ds.attrs["capture"] == capture
+        for layer, w in enumerate(weights):
+            ref = _ref_entropy(w, valid)
+            np.testing.assert_allclose(ds.entropy[layer].values, ref, atol=1e-5)
+        # normalised by ln(number of allowed keys): causal rows and padding both count
+        w = weights[0].double()
+        Hrow = -(torch.special.xlogy(w, w)).sum(-1)
+        n_keys = (w > 0).sum(-1).double()
+        ok = valid[:, None, :].expand_as(n_keys) & (n_keys > 1)
+        want = [(Hrow / n_keys.clamp_min(2).log())[:, h][ok[:, h]].mean().item() for h in range(4)]
+        np.testing.assert_allclose(ds.normalized_entropy[0].values, want, atol=1e-5)
+        assert max(want) < 0.2  # far from uniform attention: the comparison has teeth
