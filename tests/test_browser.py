@@ -60,7 +60,8 @@ def lab(tmp_path_factory, zoo_built):
     # render every cell (JupyterLab 4 virtualises long notebooks: off-screen outputs are not in the DOM)
     settings = root / ".jcfg" / "lab" / "user-settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True, exist_ok=True)
-    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    # and start the notebook's own kernel without asking (a "Select Kernel" dialog otherwise appears now and then)
+    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none", "autoStartDefaultKernel": true}')
     # the "news" pop-up is switched off through settings, not by clicking it away
     subprocess.run([jupyter, "labextension", "disable", "@jupyterlab/apputils-extension:announcements"], env=env,
                    capture_output=True, check=True)
@@ -107,6 +108,24 @@ def _titles(page):
     return page.locator(".js-plotly-plot .gtitle").all_text_contents()
 
 
+def _answer_dialogs(page, seen, name):
+    """A JupyterLab dialog (kernel choice, a kernel that is still starting) blocks every click. Record its
+    text and a screenshot, then accept its default button, as a user would; the test fails later if the
+    notebook does not then run cleanly."""
+    for _ in range(3):
+        d = page.locator(".jp-Dialog")
+        if d.count() == 0:
+            return
+        seen.append(" ".join(d.first.inner_text().split())[:300])
+        page.screenshot(path=str(ART / f"{name}-dialog{len(seen)}.png"))
+        accept = d.first.locator(".jp-Dialog-footer button.jp-mod-accept")
+        if accept.count():
+            accept.first.click()
+        else:
+            page.keyboard.press("Escape")
+        page.wait_for_timeout(500)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_notebook_in_jupyterlab(name, lab, browser):
     ART.mkdir(exist_ok=True)
@@ -115,7 +134,9 @@ def test_notebook_in_jupyterlab(name, lab, browser):
         page.goto(f"{lab}/lab/tree/{name}?token={TOKEN}&reset")
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
         started = "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))"
-        for attempt in range(3):  # a Run All clicked before the kernel is connected does nothing: retry
+        dialogs = []
+        for attempt in range(3):  # a Run All clicked before the kernel is connected does nothing: retry,
+            _answer_dialogs(page, dialogs, name)  # after a reload, which connects the page to its kernel anew
             page.locator("#jp-MainMenu .lm-MenuBar-item", has_text="Run").first.click()
             page.click("li[data-command='runmenu:run-all']")
             try:
@@ -123,6 +144,11 @@ def test_notebook_in_jupyterlab(name, lab, browser):
                 break
             except Exception:
                 page.keyboard.press("Escape")
+                page.reload()
+                page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+        else:
+            pytest.fail(f"Run All never started the cells of {name}; dialogs seen: {dialogs}")
+        assert not [d for d in dialogs if any(w in d.lower() for w in ("died", "error", "restart"))], dialogs
         # every code cell has run: an execution count in its prompt
         page.wait_for_function(
             "() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].map(e => e.textContent.trim());"
@@ -158,6 +184,9 @@ def test_notebook_in_jupyterlab(name, lab, browser):
         page.wait_for_timeout(500)
         page.screenshot(path=str(ART / f"{name}-after.png"))
         assert _titles(page) != before
+    except Exception:
+        page.screenshot(path=str(ART / f"{name}-failure.png"))  # what the user would have seen
+        raise
     finally:
         page.close()
 
