@@ -270,6 +270,12 @@ def test_entropy_lower_bound_of_zhai_et_al_is_the_minimum_over_the_sigma_ball():
     assert A.entropy_lower_bound(3.0, 10) > A.entropy_lower_bound(3.0, 10, constraint="box")  # the stronger assumption
     with pytest.raises(ValueError, match="constraint"):
         A.entropy_lower_bound(1.0, 4, constraint="l2")
+    with pytest.raises(ValueError, match="sigma: expected a finite spectral norm >= 0"):
+        A.entropy_lower_bound(-0.5, 4)
+    with pytest.raises(ValueError, match="n_keys"):
+        A.entropy_lower_bound(1.0, 0)
+    with pytest.raises(ValueError, match="models: empty; pass a list or dict"):
+        A.over_checkpoints([], torch.zeros(1, 2, 16))
 
 
 def test_qk_spectral_norms_and_over_checkpoints(zoo_built):

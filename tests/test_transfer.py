@@ -146,10 +146,12 @@ def test_nleep_is_seeded_and_better_separation_scores_higher():
     (lambda F, y: (np.where(F > 2, np.nan, F), y), "NaN"),
     (lambda F, y: (F, y[:-1]), "labels"),
     (lambda F, y: (F, np.zeros_like(y)), "at least 2 classes"),
+    (lambda F, y: (F, np.where(np.arange(len(y)) == 3, np.nan, y.astype(float))), "labels: contains NaN.*drop"),
+    (lambda F, y: (np.array([[object()] * 4] * 30), y), "features: expected a numeric array.*np.asarray"),
 ])
 def test_bad_input_names_the_argument(bad, words):
     F, y = _data(30, 4)
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises((ValueError, TypeError), match=words):
         T.logme(*bad(F, y))
 
 

@@ -661,6 +661,8 @@ def entropy_lower_bound(sigma, n_keys, *, constraint: str = "norm"):
     T = np.asarray(n_keys, dtype=float)
     if np.any(T < 1):
         raise ValueError("n_keys: the number of keys must be at least 1")
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError(f"sigma: expected a finite spectral norm >= 0 (qk_spectral_norms), got {sigma}")
     gap = 2 * s if constraint == "box" else s * np.sqrt(T / np.maximum(T - 1, 1))
     r = (T - 1) * np.exp(-gap)
     return np.log1p(r) + gap * r / (1 + r)
@@ -676,7 +678,7 @@ def over_checkpoints(models, inputs, *, losses=None, dim: str = "checkpoint", pr
 
     items = list(models.items()) if isinstance(models, dict) else list(enumerate(models))
     if not items:
-        raise ValueError("models: empty")
+        raise ValueError("models: empty; pass a list or dict of models (the checkpoints of a run)")
     parts = [attention_stats(m, inputs, **kwargs) for _, m in tqdm(items, desc="attention over checkpoints",
                                                                     disable=not progress, leave=False)]
     ds = xr.concat(parts, dim=dim, combine_attrs="drop_conflicts").assign_coords({dim: [k for k, _ in items]})

@@ -39,7 +39,8 @@ def _np(x, what):
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
     if x.dtype == object:
-        raise TypeError(f"{what}: expected a numeric array")
+        raise TypeError(f"{what}: expected a numeric array (tensor or numpy), got {x.dtype} elements; "
+                        "convert it, e.g. np.asarray(x, dtype=float)")
     return x
 
 
@@ -60,7 +61,7 @@ def _labels(y, n, what="labels", min_classes=2):
     if y.shape[0] != n:
         raise ValueError(f"{what}: {y.shape[0]} labels for {n} samples; pass one label per row")
     if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
-        raise ValueError(f"{what}: contains NaN or inf")
+        raise ValueError(f"{what}: contains NaN or inf; class labels must be finite (drop the unlabelled samples)")
     classes, yi = np.unique(y, return_inverse=True)  # any label values -> 0..C-1
     if len(classes) < min_classes:
         raise ValueError(f"{what}: need at least {min_classes} classes, got {len(classes)}")
