@@ -367,17 +367,20 @@ def _sdpa_reference(q, k, v, attn_mask=None, is_causal=False, enable_gqa=False):
 
 
 @pytest.mark.parametrize("budget", [1 << 19, 4 * 37 * 3, 1])  # groups of examples; one example, 3 queries; 1 query
-@pytest.mark.parametrize("case", ["bias", "causal", "gqa_cross"])
+@pytest.mark.parametrize("case", ["bias", "causal", "gqa_self", "gqa_cross"])
 def test_sdpa_blocks_match_float64_definitions(monkeypatch, case, budget):
     """Every way the reduction can be blocked gives the float64 values of the definitions: additive bias (the
-    max logit is taken before it), causal mask, grouped-query cross-attention with a fully masked row."""
+    max logit is taken before it), causal mask, grouped-query self-attention with padding (output computed by
+    the probe), grouped-query cross-attention with a fully masked row (output from the kernel)."""
     monkeypatch.setattr(A, "_block_elements", lambda device: budget)
     g = torch.Generator().manual_seed(3)
     B, H, T, S, d = 5, 4, 37, 37, 8
     kw = {}
+    if case.startswith("gqa"):
+        kw = {"enable_gqa": True}
     if case == "gqa_cross":
-        T, kw = 7, {"enable_gqa": True}
-    Hk = 2 if case == "gqa_cross" else H
+        T = 7
+    Hk = 2 if case.startswith("gqa") else H
     # q, k, v as HuggingFace hands them: (B, T, H, d) memory seen as (B, H, T, d)
     q = 2 * torch.randn(B, T, H, d, generator=g).transpose(1, 2)
     k = 2 * torch.randn(B, S, Hk, d, generator=g).transpose(1, 2)
@@ -390,6 +393,8 @@ def test_sdpa_blocks_match_float64_definitions(monkeypatch, case, budget):
         kw["attn_mask"] = (-slopes * dist).masked_fill(~keys_ok[:, None, None, :], -math.inf)
     elif case == "causal":
         kw["is_causal"] = True
+    elif case == "gqa_self":
+        kw["attn_mask"] = keys_ok[:, None, None, :]
     else:
         mask = keys_ok[:, None, None, :].expand(B, 1, T, S).clone()
         mask[0, 0, 2] = False  # a fully masked query row: it counts nowhere
@@ -415,6 +420,8 @@ def test_sdpa_blocks_match_float64_definitions(monkeypatch, case, budget):
     with torch.no_grad():
         kernel = model(q, k, v)
     assert out.shape == kernel.shape and out.stride() == kernel.stride()  # the layout the kernel gives
+    # the probe computes the output itself unless a row is fully masked (then the kernel runs): rounding differs
+    assert torch.equal(out, kernel) == (case == "gqa_cross")
 
 
 def test_a_module_run_twice_in_one_forward_is_two_layers():
