@@ -401,6 +401,7 @@ def test_sdpa_blocks_match_float64_definitions(monkeypatch, case, budget):
         kw["attn_mask"] = mask
     model = _SDPA(**kw)
     ds = A.attention_stats(model, (q, k, v), resolution="query")
+    assert list(ds.module.values) == ["<model>"]  # attention in the root module's own forward
     ref = _sdpa_reference(q, k, v, **kw)
     rows = ref["rows"].clone()
     if T == S:  # self-attention: queries at padded positions are excluded

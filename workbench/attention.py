@@ -127,7 +127,7 @@ class _Capture(TorchFunctionMode):
         self.explicit = set(attention_modules or [])
         self.keep = keep  # (layer index, example) for an attention map, or None
         self.maps = {}
-        self._mods = dict(model.named_modules())
+        self._mods = {n or "<model>": m for n, m in model.named_modules()}  # the root itself: "<model>", not ""
         self._names = {id(m): n for n, m in self._mods.items()}  # the model holds them: ids stay valid
         self._calls: dict[str, int] = {}
 
