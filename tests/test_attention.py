@@ -297,6 +297,13 @@ def test_attention_map_rows_sum_to_one():
     assert a.dims == ("head", "query", "key")
     np.testing.assert_allclose(a.sum("key").values, 1, atol=1e-5)
     assert float(a.isel(key=slice(4, None)).max()) == 0.0  # padded keys of example 2
+    ref_model = _bert("eager")
+    ref_model.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        w = ref_model(**inp, output_attentions=True).attentions
+    valid = inp["attention_mask"][2].bool()  # the real query rows of example 2
+    np.testing.assert_allclose(a.values[:, valid], w[1][2][:, valid].numpy(), atol=1e-6)
+    assert not np.allclose(a.values[:, valid], w[0][2][:, valid].numpy(), atol=1e-3)  # not another layer's map
 
 
 def test_fused_outputs_match_the_kernel_and_exact_mode():

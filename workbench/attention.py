@@ -311,26 +311,26 @@ class _Capture(TorchFunctionMode):
         stats = _row_stats(rows, n_allowed, valid, raw_max)
         if no_logit:
             stats["max_logit"].fill_(math.nan)
-        if self.keep is not None and self.keep[1] < B:
-            for s in range(0, T, c):
-                e = min(T, s + c)
-                al = allowed[..., s:e, :] if allowed.shape[-2] == T else allowed
-                self.maps.setdefault(layer, []).append(self._probs(q, k, scale, bias, logits, al, s, e))
+        index = list(self.layers).index(layer) if layer in self.layers else len(self.layers)
+        if self.keep is not None and self.keep == (index, self.keep[1]) and self.keep[1] < B:
+            for s in range(0, T, c):  # only the requested layer's map of one example is kept
+                self.maps.setdefault(layer, []).append(self._probs(q, k, scale, bias, logits, allowed, s, min(T, s + c)))
         self.layers.setdefault(layer, []).append({key: val.cpu() for key, val in stats.items()})  # (B, H, T)
         self.kinds[layer] = kind
         return output
 
-    def _probs(self, q, k, scale, bias, logits, al, s, e):
+    def _probs(self, q, k, scale, bias, logits, allowed, s, e):
+        """Probabilities of queries [s, e) of the kept example: (H, e - s, S) on the CPU."""
         b = self.keep[1]
+        B, T = (q if q is not None else logits).shape[0], (q if q is not None else logits).shape[2]
         if q is not None:
-            z = (q[b:b + 1, :, s:e].float() @ k[b:b + 1].float().transpose(-1, -2)) * scale
+            z = (q[b, :, s:e].float() @ k[b].float().transpose(-1, -2)) * scale
             if bias is not None:
-                z = z + (bias[..., s:e, :] if bias.shape[-2] > 1 else bias)[:1] if bias.shape[0] == 1 else z + bias[b:b + 1, :, s:e]
+                z = z + _block(bias, b, s, e, B, T)
         else:
-            z = logits[b:b + 1, :, s:e]
-        a = al[b:b + 1] if al.shape[0] > 1 else al
-        z = torch.where(a, z, torch.full((), _NEG, dtype=z.dtype, device=z.device))
-        return torch.softmax(z, -1)[0].cpu()
+            z = logits[b, :, s:e]
+        z = z.masked_fill(~_block(allowed, b, s, e, B, T), _NEG)
+        return torch.softmax(z, -1).cpu()
 
 
 def _query_mask(inputs):
