@@ -319,7 +319,7 @@ def test_fused_outputs_match_the_kernel_and_exact_mode():
         pass
 
     for exact in (False, True):
-        cap = Amod._Capture(m, inp["attention_mask"].bool(), "head", 128, None, exact_outputs=exact)
+        cap = Amod._Capture(m, inp["attention_mask"].bool(), 128, None, exact_outputs=exact)
         with torch.no_grad(), cap:
             got[exact] = m(**inp).last_hidden_state
     valid = inp["attention_mask"].bool()
@@ -336,6 +336,8 @@ def test_bad_resolution_is_rejected_before_the_forward():
     h = enc.register_forward_pre_hook(lambda *a: calls.append(1))
     with pytest.raises(ValueError, match="resolution: expected"):
         A.attention_stats(enc, torch.randn(2, 5, 16), resolution="token")
+    with pytest.raises(ValueError, match="query_chunk: .* must be >= 1"):
+        A.attention_stats(enc, torch.randn(2, 5, 16), query_chunk=0)
     h.remove()
     assert calls == []
 
@@ -420,7 +422,7 @@ def test_sdpa_blocks_match_float64_definitions(monkeypatch, case, budget):
     if case == "gqa_cross":
         assert ds.entropy.isel(layer=0, example=0, query=2).isnull().all()
     with torch.no_grad():  # the output handed back to the model: softmax(z) @ v, or the kernel's own
-        cap = A._Capture(model, None, "head", 128, None)
+        cap = A._Capture(model, None, 128, None)
         with cap:
             out = model(q, k, v)
     ok = ref["rows"]

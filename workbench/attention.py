@@ -115,12 +115,10 @@ def _row_stats(rows, n_allowed, valid_q, raw_max=None):
 
 
 class _Capture(TorchFunctionMode):
-    def __init__(self, model, query_mask, resolution, query_chunk, attention_modules, keep=None, exact_outputs=False):
+    def __init__(self, model, query_mask, query_chunk, attention_modules, keep=None, exact_outputs=False):
         super().__init__()
         self.exact_outputs = exact_outputs
-        self.model = model
         self.query_mask = query_mask  # (B, T) bool or None
-        self.resolution = resolution
         self.chunk = int(query_chunk)
         self.layers: dict[str, list] = {}
         self.kinds: dict[str, str] = {}
@@ -369,6 +367,9 @@ def _run(model, inputs, forward_kwargs, resolution, query_chunk, attention_modul
 
     if resolution not in ("head", "example", "query"):
         raise ValueError(f"resolution: expected 'head', 'example' or 'query', got {resolution!r}")
+    if int(query_chunk) < 1:
+        raise ValueError(f"query_chunk: the number of queries reduced at a time must be >= 1 (128 is typical), "
+                         f"got {query_chunk}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     set_mode(model, mode)
@@ -384,7 +385,7 @@ def _run(model, inputs, forward_kwargs, resolution, query_chunk, attention_modul
                 isinstance(batch[1], torch.Tensor) and batch[1].dim() == 1:
             batch = batch[0]  # (inputs, labels) from a DataLoader: the labels are not needed
         batch = _to_device(batch, device)
-        cap = _Capture(model, _query_mask(batch), resolution, query_chunk, attention_modules,
+        cap = _Capture(model, _query_mask(batch), query_chunk, attention_modules,
                        keep=None if keep is None or bi > 0 else keep, exact_outputs=exact_outputs or keep is not None)
         with torch.no_grad(), cap:
             _call(model, batch, forward_kwargs)
@@ -408,7 +409,7 @@ def _run(model, inputs, forward_kwargs, resolution, query_chunk, attention_modul
     return order, per_layer, kinds, maps
 
 
-def _stack(order, per_layer, resolution):
+def _stack(order, per_layer):
     """Concatenate calls per layer along examples: (L, B, H, T) arrays padded with NaN."""
     rows = {}
     for key in ("entropy", "normalized_entropy", "max_logit", "sink_mass"):
@@ -439,7 +440,7 @@ def _reduce(arr, how, axis):
 
 
 def _dataset(order, per_layer, kinds, resolution):
-    rows = _stack(order, per_layer, resolution)
+    rows = _stack(order, per_layer)
     L, B, H, T = rows["entropy"].shape
     coords = {"layer": np.arange(L), "head": np.arange(H), "module": ("layer", np.array(order, dtype=object).astype(str))}
     how = {"entropy": "mean", "normalized_entropy": "mean", "max_logit": "max", "sink_mass": "mean"}
