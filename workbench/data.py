@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-__all__ = ["Data", "as_data", "batch_len", "to_device"]
+__all__ = ["Data", "as_data", "batch_len", "to_device", "input_batches", "call_model"]
 
 
 def batch_len(inputs) -> int:
@@ -219,3 +219,58 @@ def _is_batch_list(data) -> bool:
 def as_data(data, device=None, dtype=None, check_finite: bool = True) -> Data:
     return data if isinstance(data, Data) and data.device == device and data.dtype == dtype else Data(
         data, device, dtype, check_finite)
+
+
+def call_model(model, inputs, kwargs: Mapping | None = None):
+    """The one way a model is called on a batch of inputs: a mapping as keyword arguments
+    (HuggingFace style), a tuple or list positionally, anything else as the single argument."""
+    kwargs = dict(kwargs or {})
+    if isinstance(inputs, Mapping):
+        return model(**inputs, **kwargs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs, **kwargs)
+    return model(inputs, **kwargs)
+
+
+def _is_labelled(batch) -> bool:
+    """An ``(inputs, labels)`` batch: two items, the second a 1-D tensor with one label per input."""
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor)):
+        return False
+    try:
+        return batch[1].dim() == 1 and batch[1].shape[0] == batch_len(batch[0])
+    except (TypeError, ValueError):
+        return False
+
+
+def input_batches(data, device=None, what: str = "inputs") -> list:
+    """The input batches of ``data`` for probes that need no labels, on ``device``.
+
+    ``data`` is one batch (a tensor, a mapping of tensors, a tuple of positional tensors, or an
+    ``(inputs, labels)`` pair whose labels are dropped), or a DataLoader / list of such batches.
+    A one-shot iterator is refused (probes may pass over the data more than once).
+    """
+    from torch.utils.data import DataLoader
+
+    if isinstance(data, Data):
+        batches = [x for x, _, _ in data.batches()]
+    elif isinstance(data, DataLoader) or (isinstance(data, list) and data and not _is_labelled(data) and
+                                          all(isinstance(b, (Mapping, torch.Tensor, tuple, list)) for b in data)):
+        batches = list(data)
+    elif isinstance(data, (torch.Tensor, Mapping, tuple)) or _is_labelled(data):
+        batches = [data]
+    elif isinstance(data, Iterable) and iter(data) is data:
+        raise TypeError(f"{what}: a one-shot iterator/generator cannot be iterated more than once; pass a "
+                        "DataLoader, a list of batches or one batch")
+    elif isinstance(data, list) and not data:
+        raise ValueError(f"{what}: empty; pass a tensor, a mapping of tensors, or a DataLoader of them")
+    else:
+        raise TypeError(f"{what}: expected a tensor, a mapping or tuple of tensors, an (inputs, labels) pair, or a "
+                        f"DataLoader / list of such batches; got {type(data).__name__}")
+    out = []
+    for b in batches:
+        b = b[0] if _is_labelled(b) else b
+        batch_len(b)  # a clear error for a batch without a tensor
+        out.append(to_device(b, device))
+    if not out:
+        raise ValueError(f"{what}: the data yielded no batches; pass a non-empty DataLoader or batch")
+    return out

@@ -2,33 +2,29 @@
 from __future__ import annotations
 
 import xarray as xr
+from torch import nn
 
-from .objective import Objective
-from .registry import probe
-from .results import provenance
-
-
-def _case():
-    from .testing import hostile_case
-
-    model, loss_fn, data = hostile_case()
-    return (model, loss_fn, data), {}
+from .registry import Tags, probe
 
 
-@probe("evaluate", case=_case)
-def evaluate(model, loss_fn, data, mode: str = "eval", params=None) -> xr.Dataset:
+@probe("evaluate", tags=Tags(inputs="pair", uses=("mode", "params", "device")))
+def evaluate(model: nn.Module, loss_fn, data, *, ctx) -> xr.Dataset:
     """Mean loss ``L = sum_b n_b loss_b / N`` and top-1 accuracy over ``data``.
 
     Returns a Dataset with scalar variables ``loss`` and ``accuracy`` (NaN when the outputs are
     not class scores with integer labels).
+
+    >>> import torch, workbench as wb
+    >>> m = torch.nn.Linear(2, 2)
+    >>> ds = wb.evaluate(m, torch.nn.CrossEntropyLoss(), (torch.randn(8, 2), torch.randint(0, 2, (8,))))
+    >>> sorted(ds.data_vars), ds.attrs["probe"]
+    (['accuracy', 'loss'], 'evaluate')
     """
-    obj = Objective(model, loss_fn, data, params=params, mode=mode)
+    obj = ctx.objective()
     loss, acc = obj.evaluate(with_accuracy=True)
-    ds = xr.Dataset(
+    return xr.Dataset(
         {
             "loss": ((), loss, {"long_name": "mean loss", "units": "nats"}),
             "accuracy": ((), float("nan") if acc is None else acc, {"long_name": "top-1 accuracy", "units": "1"}),
         }
     )
-    ds.attrs.update(provenance("evaluate", {"mode": mode, "n_samples": obj.data.n}, model, obj.data))
-    return ds

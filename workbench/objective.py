@@ -6,18 +6,17 @@ over batches so that it equals the full-batch mean exactly, in float64 accumulat
 
 Modes: ``"eval"`` (default: BatchNorm uses running statistics, dropout off) or ``"train"``
 (batch statistics and dropout, but running statistics are *not* updated: BatchNorm is handed
-copies of its buffers). The caller runs inside :func:`workbench.state.preserve` (the ``@probe``
-decorator does), since switching modes touches the modules' flags.
+copies of its buffers). The mode is applied around each forward pass and the modules' own flags
+are put back, so an Objective can be used outside a probe.
 """
 from __future__ import annotations
-
 
 import torch
 from torch import nn
 
 from .data import as_data
 from .params import ParamSpace, check_model, check_targets, forward, model_device_dtype
-from .state import set_mode
+from .state import modes
 
 
 def _check_loss_value(v, where="loss_fn") -> None:
@@ -40,18 +39,49 @@ def accuracy_count(outputs, targets) -> float | None:
 
 
 class Objective:
-    def __init__(self, model: nn.Module, loss_fn, data, params=None, mode: str = "eval"):
+    """The mean loss of ``model`` on ``data`` as a function of (a subset of) its parameters:
+    ``L(theta) = sum_b n_b / N * loss_fn(f(x_b; theta), y_b)``.
+
+    Parameters
+    ----------
+    model : nn.Module
+    loss_fn : callable ``loss_fn(outputs, targets)`` returning the scalar *mean* loss of a batch
+    data : an ``(inputs, targets)`` pair, a DataLoader or a list of batches (:mod:`workbench.data`)
+    params : the parameter subset (:class:`~workbench.params.ParamSpace`); default all trainable ones
+    mode : ``"eval"`` or ``"train"``; applied around every forward pass and put back afterwards, so
+        constructing or using an Objective never changes the model's flags. In train mode BatchNorm is
+        handed copies of its buffers: running statistics are never updated.
+    device : the device the model lives on (default: the model's)
+    on_batch : called before every batch (the ``@probe`` decorator passes its cancellation check)
+
+    The model's own tensors are never written: every evaluation is ``torch.func.functional_call``.
+
+    >>> import torch
+    >>> from workbench.objective import Objective
+    >>> m = torch.nn.Linear(2, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = m.weight.fill_(1.0)
+    >>> obj = Objective(m, torch.nn.MSELoss(), (torch.ones(4, 2), torch.zeros(4, 1)))
+    >>> obj.loss(), obj.loss(torch.zeros(2))          # (1 + 1)^2 at theta0, 0 at theta = 0
+    (4.0, 0.0)
+    """
+
+    def __init__(self, model: nn.Module, loss_fn, data, params=None, mode: str = "eval", device=None,
+                 on_batch=None):
         check_model(model)
         if not callable(loss_fn):
             raise TypeError(f"loss_fn: expected a callable loss_fn(outputs, targets), got {type(loss_fn).__name__}")
+        if mode not in ("eval", "train"):
+            raise ValueError(f"mode: expected 'eval' (running statistics, no dropout) or 'train' (batch statistics), "
+                             f"got {mode!r}")
         self.model = model
         self.loss_fn = loss_fn
         self.mode = mode
-        set_mode(model, mode)
         self.device, self.dtype = model_device_dtype(model)
         self.data = as_data(data, self.device, self.dtype)
         self.space = ParamSpace(model, params)
         self.fresh = mode == "train"
+        self.on_batch = on_batch
         self._checked = False
         # parameters outside the probed subset enter detached (no graph through them); computed once
         moved = set(self.space.names) | {a for al in self.space.aliases.values() for a in al}
@@ -59,20 +89,28 @@ class Objective:
 
     @property
     def theta0(self) -> torch.Tensor:
+        """The flat parameter vector the objective is centred on (the model's own values)."""
         return self.space.theta0
 
-    def _base(self):
-        # eval mode: only the parameters being moved are swapped in (the rest are the module's own,
-        # which no probe writes); train mode: fresh buffer copies so running statistics stay put
+    def base(self) -> dict[str, torch.Tensor]:
+        """The tensors every forward pass starts from: parameters outside the subset (detached) and, in
+        train mode, fresh copies of the buffers (so that running statistics stay put)."""
         base = dict(self._fixed)
         if self.fresh:
             base.update(self.space.fresh_buffers())
         return base
 
-    def _batch_loss(self, theta_dict, x, y, base):
-        tensors = dict(base)
+    def call(self, inputs, tensors: dict | None = None):
+        """``model(inputs)`` in the objective's mode with ``tensors`` (by name) swapped in."""
+        with modes(self.model, self.mode):
+            return forward(self.model, self.base() if tensors is None else tensors, inputs)
+
+    def batch_loss(self, theta_dict: dict, x, y, base: dict | None = None):
+        """(mean loss of one batch, outputs) at the parameters ``theta_dict`` (by name) over ``base``."""
+        tensors = dict(self.base() if base is None else base)
         tensors.update(theta_dict)
-        out = forward(self.model, tensors, x)
+        with modes(self.model, self.mode):
+            out = forward(self.model, tensors, x)
         if not self._checked:
             check_targets(out, y, self.loss_fn)
         loss = self.loss_fn(out, y)
@@ -80,6 +118,23 @@ class Objective:
             _check_loss_value(loss)
             self._checked = True
         return loss, out
+
+    def batch_fn(self, x, y, base: dict | None = None):
+        """``theta -> mean loss of the batch (x, y)`` for a flat theta (for torch.func transforms)."""
+        base = self.base() if base is None else base
+
+        def f(theta):
+            return self.batch_loss(self.space.unflatten(theta), x, y, base)[0]
+
+        return f
+
+    def batches(self, data=None):
+        """The batches ``(x, y, n_b)`` of ``data`` (default the objective's), with the ``on_batch`` check."""
+        data = self.data if data is None else as_data(data, self.device, self.dtype)
+        for x, y, n in data.batches():
+            if self.on_batch is not None:
+                self.on_batch()
+            yield x, y, n
 
     @torch.no_grad()
     def evaluate(self, theta: torch.Tensor | None = None, with_accuracy: bool = False, data=None, buffers=None):
@@ -90,11 +145,11 @@ class Objective:
         data = self.data if data is None else as_data(data, self.device, self.dtype, check_finite=False)
         td = self.space.unflatten(theta)
         total, correct, is_clf = 0.0, 0.0, with_accuracy
-        for x, y, n in data.batches():
-            base = self._base()
+        for x, y, n in self.batches(data):
+            base = self.base()
             if buffers is not None:  # train mode gets copies: BatchNorm writes into what it is given
                 base.update({k: v.detach().clone() if self.fresh else v.detach() for k, v in buffers.items()})
-            loss, out = self._batch_loss(td, x, y, base)
+            loss, out = self.batch_loss(td, x, y, base)
             total += float(loss) * n
             if is_clf:
                 c = accuracy_count(out, y)
@@ -107,6 +162,7 @@ class Objective:
         return loss, acc
 
     def loss(self, theta: torch.Tensor | None = None) -> float:
+        """The mean loss at ``theta`` (default theta0)."""
         return self.evaluate(theta)[0]
 
     def loss_and_grad(self, theta: torch.Tensor | None = None, data=None):
@@ -114,11 +170,10 @@ class Objective:
         theta = (self.theta0 if theta is None else theta).detach()
         data = self.data if data is None else as_data(data, self.device, self.dtype)
         total, g = 0.0, torch.zeros_like(theta)
-        for x, y, n in data.batches():
-            base = self._base()
+        for x, y, n in self.batches(data):
             th = theta.clone().requires_grad_(True)
             with torch.enable_grad():
-                loss, _ = self._batch_loss(self.space.unflatten(th), x, y, base)
+                loss = self.batch_fn(x, y)(th)
                 (gb,) = torch.autograd.grad(loss, th)
             total += float(loss.detach()) * n
             g += gb * (n / data.n)

@@ -163,11 +163,32 @@ def preserve(*models: nn.Module):
             raise errors[0]
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in ("eval", "train"):
+        raise ValueError(f"mode: expected 'eval' (running statistics, no dropout) or 'train' (batch statistics), "
+                         f"got {mode!r}")
+
+
 def set_mode(model: nn.Module, mode: str) -> None:
-    """Put every module in ``mode`` ('eval' or 'train'); callers run this inside :func:`preserve`."""
-    if mode == "eval":
-        model.eval()
-    elif mode == "train":
-        model.train()
-    else:
-        raise ValueError(f"mode: expected 'eval' (running statistics, no dropout) or 'train' (batch statistics), got {mode!r}")
+    """Put every module in ``mode`` ('eval' or 'train'); callers run this inside :func:`preserve`
+    (or use :func:`modes`, which puts the flags back)."""
+    _check_mode(mode)
+    model.train(mode == "train")
+
+
+@contextlib.contextmanager
+def modes(model: nn.Module, mode: str):
+    """Run the body with every module of ``model`` in ``mode``, then put each module's own flag back."""
+    _check_mode(mode)
+    flags = [(m, m.training) for m in model.modules()]
+    want = mode == "train"
+    if all(f == want for _, f in flags):
+        yield
+        return
+    try:
+        for m, _ in flags:
+            m.training = want
+        yield
+    finally:
+        for m, f in flags:
+            m.training = f

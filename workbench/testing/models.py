@@ -1,4 +1,4 @@
-"""Fixtures for the probe contract suite: hostile models that expose state leaks.
+"""Hostile models for the probe contract checks: hostile models that expose state leaks.
 
 A *hostile* model is in train mode (one submodule left in eval), has BatchNorm with non-trivial
 running statistics, dropout, a frozen layer (``requires_grad=False``) and stale ``.grad`` on some
@@ -25,10 +25,18 @@ class HostileNet(nn.Module):
         return self.head(h)
 
 
+def _init(make, seed):
+    """``make()`` with its default initialisation drawn from ``seed``, leaving the global RNG alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
 def hostile_model(seed: int = 0) -> nn.Module:
+    """A :class:`HostileNet` in train mode with one module in eval, moved BatchNorm statistics, a frozen
+    layer and stale ``.grad``."""
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    m = HostileNet()
+    m = _init(HostileNet, seed)
     m.train()
     with torch.no_grad():
         for _ in range(3):  # move the BN running stats away from their defaults
@@ -42,6 +50,7 @@ def hostile_model(seed: int = 0) -> nn.Module:
 
 
 def hostile_data(seed: int = 0, n: int = 40):
+    """``n`` samples of 8 features and 3 classes for :func:`hostile_model`."""
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(n, 8, generator=g)
     y = torch.randint(0, 3, (n,), generator=g)
@@ -49,6 +58,7 @@ def hostile_data(seed: int = 0, n: int = 40):
 
 
 def hostile_case(seed: int = 0):
+    """``(model, loss_fn, data)`` for a probe of the pair kind."""
     return hostile_model(seed), nn.CrossEntropyLoss(), hostile_data(seed)
 
 
@@ -85,8 +95,8 @@ class HostileTransformer(nn.Module):
 
 
 def hostile_transformer(seed: int = 0):
-    torch.manual_seed(seed)
-    m = HostileTransformer()
+    """``(model, x, padding_mask)``: a :class:`HostileTransformer` and 3 sequences of 7 tokens, two padded."""
+    m = _init(HostileTransformer, seed)
     m.train()
     m.encoder.layers[0].requires_grad_(False)
     m.drop.eval()
@@ -101,7 +111,6 @@ def hostile_transformer(seed: int = 0):
 
 def tiny_classifier(n: int = 40, seed: int = 0):
     """(model, loss_fn, (x, y)): a 4-8-3 tanh MLP in eval mode and n random samples of 3 classes."""
-    torch.manual_seed(seed)
-    m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    m = _init(lambda: nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)), seed).eval()
     g = torch.Generator().manual_seed(seed)
     return m, nn.CrossEntropyLoss(), (torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g))
