@@ -129,11 +129,26 @@ def save(obj, path) -> Path:
     _check_attrs(ds.attrs, "the dataset")
     for name, var in ds.variables.items():
         _check_attrs(var.attrs, f"variable {name!r}")
+    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=False))
+
+
+def atomic_write(path, write) -> Path:
+    """Write a file atomically: ``write(tmp_path)`` fills a temporary file in the same folder, which is
+    then renamed onto ``path``; an interrupted write never leaves a broken or half-written ``path``, and
+    the temporary file is removed. The new file gets the permissions a plain ``open()`` would give.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "note.txt"
+    >>> _ = atomic_write(p, lambda tmp: pathlib.Path(tmp).write_text("hi"))
+    >>> p.read_text()
+    'hi'
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=False)
+        write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
