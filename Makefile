@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.workbench-installed
 export WORKBENCH_THREADS ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup report test lab zoo benchmarks clean browser
+.PHONY: setup report test lint format lab zoo benchmarks clean browser
 
 setup: $(STAMP)
 
@@ -35,7 +35,16 @@ browser:
 	    exit 1; \
 	  fi; }
 
-test: setup browser
+# ruff (lint + format check) first: seconds, and a finding stops the run before the slow tests
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: setup browser lint
 	$(PYTHON) -m pytest
 
 lab: setup

@@ -21,7 +21,7 @@ from .results import concat, load, save  # noqa: E402
 from .state import preserve  # noqa: E402
 
 _LAZY = ("landscape", "curvature", "sharpness", "attention", "transfer", "plots", "widgets", "reports", "zoo",
-         "testing", "directions")
+         "testing")
 
 __all__ = ["__version__", "set_threads", "get_threads", "threads", "save", "load", "concat", "preserve", "evaluate",
            "Objective", "probe", "probes", "Tags", "Cancelled", *_LAZY]

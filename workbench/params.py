@@ -15,7 +15,6 @@ from torch import nn
 from torch.func import functional_call
 
 
-
 def model_device_dtype(model: nn.Module):
     for p in model.parameters():
         return p.device, p.dtype
@@ -30,6 +29,49 @@ def check_model(model, arg: str = "model") -> nn.Module:
     if not any(True for _ in model.parameters()):
         raise ValueError(f"{arg}: the model has no parameters; probes need a model with at least one parameter")
     return model
+
+
+def select_parameters(model: nn.Module, params=None) -> list[tuple[str, nn.Parameter]]:
+    """The ``(name, parameter)`` pairs chosen by ``params`` (see :class:`ParamSpace`), in
+    ``model.parameters()`` order.
+
+    >>> import torch
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    >>> [n for n, _ in select_parameters(m, "bias")], [n for n, _ in select_parameters(m, ["1"])]
+    (['0.bias', '1.bias'], ['1.weight', '1.bias'])
+    """
+    named = list(model.named_parameters())
+    if params is None:
+        return [(n, p) for n, p in named if p.requires_grad] or named
+    if isinstance(params, str):
+        rx = re.compile(params)
+        chosen = [(n, p) for n, p in named if rx.search(n)]
+        if not chosen:
+            raise ValueError(f"params: the regex {params!r} matches no parameter; names look like "
+                             f"{[n for n, _ in named[:4]]}")
+        return chosen
+    if not isinstance(params, Sequence):
+        raise TypeError("params: expected None, a regex string or a list of parameter/module names")
+
+    def under(n, w):
+        return n == w or n.startswith(w + ".")
+
+    wanted = list(params)
+    missing = [w for w in wanted if not any(under(n, w) for n, _ in named)]
+    if missing:
+        modules = sorted({n.rsplit(".", 1)[0] for n, _ in named if "." in n})
+        raise ValueError(f"params: no parameter or module named {missing}; available modules: {modules[:10]}")
+    return [(n, p) for n, p in named if any(under(n, w) for w in wanted)]
+
+
+def tied_aliases(model: nn.Module, names: list[str]) -> dict[str, list[str]]:
+    """For each chosen name whose Parameter is shared (tied weights), the other names it goes by: every alias
+    gets the same value, so ``functional_call`` can run with ``tie_weights=False`` (no untie map per call)."""
+    by_id: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(n)
+    ids = {n: id(p) for n, p in model.named_parameters(remove_duplicate=False)}
+    return {n: [a for a in by_id[ids[n]] if a != n] for n in names if len(by_id[ids[n]]) > 1}
 
 
 class ParamSpace:
@@ -47,35 +89,9 @@ class ParamSpace:
     def __init__(self, model: nn.Module, params=None):
         check_model(model)
         self.model = model
-        named = list(model.named_parameters())
-        if params is None:
-            chosen = [(n, p) for n, p in named if p.requires_grad] or named
-        elif isinstance(params, str):
-            rx = re.compile(params)
-            chosen = [(n, p) for n, p in named if rx.search(n)]
-            if not chosen:
-                raise ValueError(
-                    f"params: the regex {params!r} matches no parameter; names look like "
-                    f"{[n for n, _ in named[:4]]}"
-                )
-        elif isinstance(params, Sequence):
-            wanted = list(params)
-            chosen = [(n, p) for n, p in named if any(n == w or n.startswith(w + ".") for w in wanted)]
-            missing = [w for w in wanted if not any(n == w or n.startswith(w + ".") for n, _ in named)]
-            if missing:
-                raise ValueError(
-                    f"params: no parameter or module named {missing}; available modules: "
-                    f"{sorted({n.rsplit('.', 1)[0] for n, _ in named if '.' in n})[:10]}"
-                )
-        else:
-            raise TypeError("params: expected None, a regex string or a list of parameter/module names")
+        chosen = select_parameters(model, params)
         self.names = [n for n, _ in chosen]
-        # tied weights (one Parameter under several names): every alias gets the same value, so that
-        # functional_call can run with tie_weights=False (cheaper: no untie map per call)
-        by_id = {}
-        for n, p in model.named_parameters(remove_duplicate=False):
-            by_id.setdefault(id(p), []).append(n)
-        self.aliases = {n: [a for a in by_id[id(p)] if a != n] for n, p in chosen if len(by_id[id(p)]) > 1}
+        self.aliases = tied_aliases(model, self.names)
         self.shapes = [tuple(p.shape) for _, p in chosen]
         self.numels = [p.numel() for _, p in chosen]
         self.numel = sum(self.numels)
