@@ -25,7 +25,7 @@ from _common import need  # noqa: E402
 import workbench as wb  # noqa: E402
 from workbench import sharpness as S  # noqa: E402
 from workbench import zoo  # noqa: E402
-from workbench.hvp import HVP  # noqa: E402
+from workbench.curvature import HessianOperator  # noqa: E402
 from workbench.objective import Objective  # noqa: E402
 
 ap = argparse.ArgumentParser()
@@ -87,16 +87,16 @@ def run(label, fn, truth):
 
 def ours_topk(s):
     r = S.hessian_eigenvalues(model, lf, (x, y), k=K, seed=s, progress=False)
-    return r.values, r.attrs["n_hvp"]
+    return r["eigenvalue"].values, r.attrs["n_hvp"]
 
 
 def eigsh_topk(s):
     from scipy.sparse.linalg import eigsh
 
-    op = HVP(Objective(model, lf, (x, y)))
+    op = HessianOperator(Objective(model, lf, (x, y)))
     v0 = np.random.default_rng(s).standard_normal(op.shape[0])
-    vals = eigsh(op.as_linear_operator(), k=K, which="LA", v0=v0, tol=1e-6, return_eigenvectors=False)
-    return np.sort(vals)[::-1], op.n_hvp
+    vals = eigsh(op.to_scipy(), k=K, which="LA", v0=v0, tol=1e-6, return_eigenvectors=False)
+    return np.sort(vals)[::-1], op.n_products
 
 
 def pyhessian_topk(s):
@@ -143,6 +143,6 @@ try:
 except Exception as e:
     print(f"PyHessian density(): {type(e).__name__}: {str(e)[:90]}")
 t0 = time.perf_counter()
-d = S.spectral_density(model, lf, (x, y), n_runs=3, n_steps=40, progress=False)
+d = S.spectral_density(model, lf, (x, y), n_runs=3, n_lanczos=40, progress=False)
 print(f"workbench spectral_density (SLQ, 3 x 40 HVPs): {time.perf_counter() - t0:.2f} s, integral "
       f"{np.trapezoid(d.values, d.eigenvalue.values):.4f}")

@@ -8,8 +8,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import workbench.sharpness as S
-from workbench import linalg
-
+from workbench.curvature import CurvatureOperator, HessianOperator, rademacher
+from workbench.objective import Objective
 
 # -- fixtures ---------------------------------------------------------------------------------
 
@@ -103,8 +103,9 @@ def test_top5_within_1e4_with_at_most_25_hvps(mlp, seed):
     top = ev[::-1][:5]
     r = S.hessian_eigenvalues(m, lf, data, k=5, seed=seed, progress=False)
     assert r.attrs["n_hvp"] <= 25
-    np.testing.assert_allclose(r.values, top, rtol=1e-4)
-    assert np.all(r.residual.values <= 1e-3 * np.abs(r.values) + 1e-7)
+    vals = r["eigenvalue"].values
+    np.testing.assert_allclose(vals, top, rtol=1e-4)
+    assert np.all(r["residual"].values <= 1e-3 * np.abs(vals) + 1e-7)
 
 
 def test_eigsh_backend_and_eigenvectors(mlp):
@@ -122,30 +123,30 @@ def test_largest_algebraic_not_largest_magnitude():
     spec = [-5.0, 3.0, 2.0, 1.0, 0.5, 0.2, 0.1, -0.1]
     q = quadratic(spec)
     r = S.hessian_eigenvalues(q, mean_out, DUMMY, k=2, progress=False)
-    np.testing.assert_allclose(r.values, [3.0, 2.0], rtol=1e-8)
+    np.testing.assert_allclose(r["eigenvalue"].values, [3.0, 2.0], rtol=1e-8)
     s = S.hessian_eigenvalues(q, mean_out, DUMMY, k=2, which="smallest", progress=False)
-    np.testing.assert_allclose(s.values, [-5.0, -0.1], rtol=1e-8)
+    np.testing.assert_allclose(s["eigenvalue"].values, [-5.0, -0.1], rtol=1e-8)
 
 
 def test_parameter_subset_gives_the_block_spectrum(mlp):
     m, lf, data, H, ev = mlp
     r = S.hessian_eigenvalues(m, lf, data, k=3, params=["2"], progress=False)  # last Linear: 330 params
     blk = H[-330:, -330:]
-    np.testing.assert_allclose(r.values, np.linalg.eigvalsh(blk)[::-1][:3], rtol=1e-4)
+    np.testing.assert_allclose(r["eigenvalue"].values, np.linalg.eigvalsh(blk)[::-1][:3], rtol=1e-4)
 
 
 def test_double_backward_engine_matches_func(mlp):
     m, lf, data, H, ev = mlp
     a = S.hessian_eigenvalues(m, lf, data, k=2, engine="func", progress=False)
     b = S.hessian_eigenvalues(m, lf, data, k=2, engine="double_backward", progress=False)
-    np.testing.assert_allclose(a.values, b.values, rtol=1e-5)
+    np.testing.assert_allclose(a["eigenvalue"].values, b["eigenvalue"].values, rtol=1e-5)
 
 
 def test_hvp_is_sample_weighted_over_uneven_batches(mlp):
     m, lf, (x, y), H, ev = mlp
     loader = DataLoader(TensorDataset(x, y), batch_size=500)  # 500, 500, 347
     r = S.hessian_eigenvalues(m, lf, loader, k=1, progress=False)
-    np.testing.assert_allclose(r.values, ev[-1:], rtol=1e-4)
+    np.testing.assert_allclose(r["eigenvalue"].values, ev[-1:], rtol=1e-4)
 
 
 # -- trace ------------------------------------------------------------------------------------
@@ -190,14 +191,14 @@ def test_trace_stops_on_a_confidence_interval(mlp):
 def test_slq_density_integrates_to_one_and_matches_moments(mlp):
     m, lf, data, H, ev = mlp
     P = H.shape[0]
-    d = S.spectral_density(m, lf, data, n_runs=3, n_steps=30, seed=4, progress=False)
+    d = S.spectral_density(m, lf, data, n_runs=3, n_lanczos=30, seed=4, progress=False)
     assert np.trapezoid(d.values, d.eigenvalue.values) == pytest.approx(1.0, abs=1e-3)
     nodes = d.attrs["slq_nodes"].reshape(3, -1)
     w = d.attrs["slq_weights"].reshape(3, -1)
     rng = np.random.default_rng(4)
     qs = []
     for _ in range(3):
-        v = linalg.rademacher(rng, P)
+        v = rademacher(rng, P)
         q = v / np.linalg.norm(v)
         qs.append(q)
     first = (nodes * w).sum(1)  # exact Gauss quadrature: e1^T T e1 = q^T H q
@@ -207,7 +208,8 @@ def test_slq_density_integrates_to_one_and_matches_moments(mlp):
     assert first.mean() == pytest.approx(np.trace(H) / P, rel=0.25)
     np.testing.assert_allclose(w.sum(1), 1, rtol=1e-10)
     wide = S.density_from_nodes(nodes, w, sigma=0.05)
-    assert wide.attrs["sigma"] == 0.05 and np.trapezoid(wide.values, wide.eigenvalue.values) == pytest.approx(1, abs=1e-3)
+    assert wide.attrs["sigma"] == 0.05
+    assert np.trapezoid(wide.values, wide.eigenvalue.values) == pytest.approx(1, abs=1e-3)
 
 
 # -- sharpness in a ball: closed forms on a quadratic ------------------------------------------
@@ -276,10 +278,10 @@ def test_average_sharpness_closed_form():
     q = quadratic([4.0, 2.0, 1.0, 0.5, 0.1])
     A, th, g, L = _qparts(q)
     rho = 0.05
-    r = S.average_sharpness(q, mean_out, DUMMY, rho=rho, n_samples=400, progress=False)
+    r = S.average_sharpness(q, mean_out, DUMMY, rho=rho, n_draws=400, progress=False)
     ref = 0.5 * rho ** 2 * float(torch.trace(A))  # E[g^T d + d^T A d / 2], d ~ N(0, rho^2 I)
     assert abs(float(r) - ref) < 4 * float(r.stderr)
-    ra = S.average_sharpness(q, mean_out, DUMMY, rho=rho, adaptive=True, n_samples=400, progress=False)
+    ra = S.average_sharpness(q, mean_out, DUMMY, rho=rho, adaptive=True, n_draws=400, progress=False)
     ref_a = 0.5 * rho ** 2 * float((th ** 2 * torch.diag(A)).sum())
     assert abs(float(ra) - ref_a) < 4 * float(ra.stderr)
 
@@ -335,7 +337,7 @@ def test_summary_over_checkpoints(zoo_built):
     zoo = zoo_built
     x, y = zoo.data("train")
     cks = {c["step"]: c["model"] for c in zoo.checkpoints("mlp-sgd-small-s0")[-2:]}
-    ds = S.summary(cks, nn.CrossEntropyLoss(), (x[:400], y[:400]), k=2, n_hvp=12, n_samples=3, progress=False)
+    ds = S.summary(cks, nn.CrossEntropyLoss(), (x[:400], y[:400]), k=2, n_hvp=12, n_draws=3, progress=False)
     assert ds.lambda_max.dims == ("checkpoint",) and ds.sizes["checkpoint"] == 2
     assert np.all(ds.lambda_max.values > 0) and np.all(ds.trace.values > ds.lambda_max.values)
     np.testing.assert_allclose(ds.trace_per_param.values, ds.trace.values / 8970, rtol=1e-12)  # P of the demo MLP
@@ -358,7 +360,7 @@ def test_zoo_sharpness_measures_agree_on_the_cnn_and_disagree_on_the_mlp(zoo_bui
             lam, asam = {}, {}
             for run in ("sgd-small", "sgd-large", "sam"):
                 m = zoo.load(f"{arch}-{run}-s{seed}")
-                lam[run] = float(S.hessian_eigenvalues(m, lf, (x, y), k=1, progress=False)[0])
+                lam[run] = float(S.hessian_eigenvalues(m, lf, (x, y), k=1, progress=False)["eigenvalue"][0])
                 asam[run] = float(S.sam_sharpness(m, lf, (x, y), rho=0.5, adaptive=True, progress=False))
             assert lam["sgd-large"] > 3 * max(lam["sgd-small"], lam["sam"]), (arch, seed, lam)
             if arch == "cnn":
@@ -368,7 +370,7 @@ def test_zoo_sharpness_measures_agree_on_the_cnn_and_disagree_on_the_mlp(zoo_bui
 
 
 @pytest.mark.parametrize("call, words", [
-    (lambda m, lf, d: S.spectral_density(m, lf, d, n_steps=1, progress=False), "n_steps"),
+    (lambda m, lf, d: S.spectral_density(m, lf, d, n_lanczos=1, progress=False), "n_lanczos"),
     (lambda m, lf, d: S.spectral_density(m, lf, d, n_runs=0, progress=False), "n_runs"),
     (lambda m, lf, d: S.hessian_trace(m, lf, d, rtol=-0.1, progress=False), "rtol"),
     (lambda m, lf, d: S.hessian_trace(m, lf, d, confidence=95, progress=False), "confidence"),
@@ -379,3 +381,95 @@ def test_more_bad_arguments_name_themselves(call, words):
 
     with pytest.raises(ValueError, match=words):
         call(*tiny_classifier())
+
+
+# -- the operator, progress and the restructured API ---------------------------------------------
+
+def test_hessian_operator_matches_the_exact_hessian_in_every_interface():
+    q = quadratic([4.0, 2.0, 1.0, 0.5, 0.1])
+    op = HessianOperator(Objective(q, mean_out, DUMMY))
+    A = q.A.numpy()
+    V = torch.randn(5, 3, dtype=torch.float64)
+    np.testing.assert_allclose(op.matmat(V).numpy(), A @ V.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(op.matvec(V[:, 0]).numpy(), A @ V[:, 0].numpy(), rtol=1e-10)
+    np.testing.assert_allclose((op @ V).numpy(), A @ V.numpy(), rtol=1e-10)
+    lo = op.to_scipy()
+    assert lo.dtype == np.float64 and lo.shape == (5, 5)
+    np.testing.assert_allclose(lo @ np.ones(5), A @ np.ones(5), rtol=1e-10)
+    np.testing.assert_allclose(op.dense(), A, rtol=1e-10, atol=1e-12)
+    assert op.n_products == 3 + 1 + 3 + 1 + 5
+    with pytest.raises(ValueError, match="engine"):
+        HessianOperator(Objective(q, mean_out, DUMMY), engine="magic")
+    with pytest.raises(NotImplementedError, match="product"):
+        CurvatureOperator(3).matvec(torch.ones(3))
+
+
+PROBE_CALLS = {
+    "exact_hessian": lambda m, lf, d, **k: S.exact_hessian(m, lf, d, params=["2"], chunk=4, **k),
+    "hessian_eigenvalues": lambda m, lf, d, **k: S.hessian_eigenvalues(m, lf, d, k=1, **k),
+    "hessian_trace": lambda m, lf, d, **k: S.hessian_trace(m, lf, d, n_hvp=6, **k),
+    "spectral_density": lambda m, lf, d, **k: S.spectral_density(m, lf, d, n_runs=2, n_lanczos=4, **k),
+    "sam_sharpness": lambda m, lf, d, **k: S.sam_sharpness(m, lf, d, rho=[0.01, 0.05], **k),
+    "worst_case_sharpness": lambda m, lf, d, **k: S.worst_case_sharpness(m, lf, d, n_steps=3, **k),
+    "average_sharpness": lambda m, lf, d, **k: S.average_sharpness(m, lf, d, n_draws=3, **k),
+    "keskar_sharpness": lambda m, lf, d, **k: S.keskar_sharpness(m, lf, d, maxiter=3, **k),
+    "gam_flatness": lambda m, lf, d, **k: S.gam_flatness(m, lf, d, n_steps=3, **k),
+    "summary": lambda m, lf, d, **k: S.summary([m, m], lf, d, k=1, n_hvp=4, n_draws=2, **k),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROBE_CALLS))
+def test_every_loop_reports_progress_and_stops_on_cancel(name):
+    import threading
+
+    from workbench.registry import Cancelled
+    from workbench.testing import tiny_classifier
+
+    calls = []
+    PROBE_CALLS[name](*tiny_classifier(), progress=lambda done, total: calls.append((done, total)))
+    assert len(calls) >= 2 and calls[-1][0] >= 2, calls
+
+    ev = threading.Event()
+
+    def stop_after_first(done, total):
+        ev.set()
+
+    with pytest.raises(Cancelled):
+        PROBE_CALLS[name](*tiny_classifier(), progress=stop_after_first, cancel=ev)
+
+
+def test_gradient_norm_is_a_probe_result():
+    q = quadratic([4.0, 2.0, 1.0])
+    A, th, g, L = _qparts(q)
+    r = S.gradient_norm(q, mean_out, DUMMY)
+    assert r.dims == () and r.attrs["probe"] == "sharpness.gradient_norm"
+    assert float(r) == pytest.approx(float(torch.linalg.norm(g)), rel=1e-12)
+
+
+def test_rho_ball_probes_share_defaults_and_eigenvalues_are_a_dataset():
+    import inspect
+
+    for f in (S.sam_sharpness, S.worst_case_sharpness, S.average_sharpness):
+        p = inspect.signature(f).parameters
+        assert (p["rho"].default, p["adaptive"].default) == (0.05, False), f.__name__
+    assert "n_draws" in inspect.signature(S.average_sharpness).parameters
+    q = quadratic([3.0, 2.0, 1.0])
+    ds = S.hessian_eigenvalues(q, mean_out, DUMMY, k=2, progress=False)
+    assert set(ds.data_vars) == {"eigenvalue", "residual"} and ds.attrs["probe"] == "curvature.hessian_eigenvalues"
+    ds = S.hessian_eigenvalues(q, mean_out, DUMMY, k=2, return_eigenvectors=True, progress=False)
+    assert ds["eigenvector"].dims == ("rank", "param")
+
+
+def test_summary_of_one_model_and_of_a_list():
+    from workbench.testing import tiny_classifier
+
+    m, lf, d = tiny_classifier()
+    one = S.summary(m, lf, d, k=2, n_hvp=6, n_draws=2, progress=False)
+    assert "checkpoint" not in one.dims and one["eigenvalues"].dims == ("rank",)
+    assert one.attrs["probe"] == "sharpness.summary" and "data_fingerprint" in one.attrs
+    assert all("probe" not in one[v].attrs and "probe_params" not in one[v].attrs for v in one.variables)
+    many = S.summary([m, m], lf, d, k=2, n_hvp=6, n_draws=2, progress=False)
+    assert list(many.checkpoint.values) == ["0", "1"]
+    np.testing.assert_array_equal(many["lambda_max"].values, [float(one["lambda_max"])] * 2)
+    with pytest.raises(ValueError, match="models: empty"):
+        S.summary([], lf, d, progress=False)

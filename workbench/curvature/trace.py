@@ -1,0 +1,192 @@
+"""Stochastic trace estimation: Girard-Hutchinson, Hutch++ and XTrace, with standard errors.
+
+The estimators work on any symmetric operator given by a float64 numpy ``matmat`` (``(P, k) ->
+(P, k)``); the probe :func:`hessian_trace` applies them to the Hessian of the data loss.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import numpy as np
+import xarray as xr
+from scipy.stats import norm
+from torch import nn
+
+from ..registry import probe
+from ..testing import hostile_case
+from .lanczos import STOCHASTIC
+from .operators import HessianOperator
+from .probing import rademacher
+
+MatMat = Callable[[np.ndarray], np.ndarray]
+
+
+def hutchinson(matmat: MatMat, P: int, n: int, rng: np.random.Generator) -> tuple[float, float, np.ndarray]:
+    """Girard-Hutchinson: ``tr(A) ~ mean_i z_i^T A z_i``, z_i Rademacher. Returns (estimate, stderr, samples).
+
+    >>> import numpy as np
+    >>> from workbench.curvature import hutchinson
+    >>> est, se, s = hutchinson(lambda Z: 2.0 * Z, 5, 3, np.random.default_rng(0))   # tr(2 I) = 10, exactly
+    >>> float(est), float(se)
+    (10.0, 0.0)
+    """
+    Z = rademacher(rng, (P, n))
+    s = np.einsum("ij,ij->j", Z, matmat(Z))
+    return s.mean(), s.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan, s
+
+
+def hutchpp_basis(matmat: MatMat, P: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The sketch basis ``Q = orth(A S)`` of Hutch++ with ``n`` mat-vecs in all: ``n // 3`` Rademacher
+    columns ``S`` drawn first from ``rng`` (the same draws as :func:`hutchpp` from the same stream).
+
+    >>> import numpy as np
+    >>> from workbench.curvature import hutchpp_basis
+    >>> hutchpp_basis(lambda Z: Z, 4, 6, np.random.default_rng(0)).shape
+    (4, 2)
+    """
+    S = rademacher(rng, (P, n // 3))
+    Q, _ = np.linalg.qr(matmat(S))
+    return Q
+
+
+def hutchpp(matmat: MatMat, P: int, n: int, rng: np.random.Generator) -> tuple[float, float, np.ndarray]:
+    """Hutch++ (Meyer, Musco, Musco & Woodruff 2021), with ``n`` mat-vecs in all.
+
+    ``k = n // 3`` sketch vectors S give ``Q = orth(A S)``; the trace is ``tr(Q^T A Q)`` (k more
+    mat-vecs) plus a Hutchinson estimate of ``tr((I - QQ^T) A (I - QQ^T))`` from the remaining
+    ``n - 2k`` Rademacher vectors G; the standard error is that of the Hutchinson part. Returns
+    (estimate, stderr, samples ``t_low + g_i^T A g_i``).
+
+    >>> import numpy as np
+    >>> from workbench.curvature import hutchpp
+    >>> A = np.diag([5.0, 1.0, 0.5])
+    >>> round(float(hutchpp(lambda Z: A @ Z, 3, 9, np.random.default_rng(0))[0]), 6)   # the sketch spans R^3: exact
+    6.5
+    """
+    k = n // 3
+    g = n - 2 * k
+    if k < 1 or g < 2:
+        raise ValueError(f"n_hvp: Hutch++ needs at least 4 Hessian-vector products, got {n}")
+    Qm = hutchpp_basis(matmat, P, n, rng)
+    t_low = np.trace(Qm.T @ matmat(Qm))
+    G = rademacher(rng, (P, g))
+    Gp = G - Qm @ (Qm.T @ G)
+    s = np.einsum("ij,ij->j", Gp, matmat(Gp))
+    return t_low + s.mean(), s.std(ddof=1) / np.sqrt(g), t_low + s
+
+
+def xtrace(matmat: MatMat, P: int, n: int, rng: np.random.Generator) -> tuple[float, float, np.ndarray]:
+    """XTrace (Epperly, Tropp & Webber 2024, SIMAX): the exchangeable Hutch++ with ``n`` mat-vecs.
+
+    ``m = n // 2`` Rademacher test vectors W, ``Y = A W = QR``. For each i, ``Q_i`` spans Y without its
+    i-th column (``Q_i Q_i^T = Q (I - s_i s_i^T) Q^T``, s_i the normalised i-th column of ``R^{-T}``);
+    ``t_i = tr(Q_i^T A Q_i) + w_i^T (I - Q_i Q_i^T) A (I - Q_i Q_i^T) w_i``, and the result is the mean
+    of the t_i with standard error ``std(t_i) / sqrt(m)``. Returns (estimate, stderr, t).
+
+    >>> import numpy as np
+    >>> from workbench.curvature import xtrace
+    >>> A = np.diag([5.0, 1.0, 0.5, 0.2, 0.1, 0.1])
+    >>> round(float(xtrace(lambda Z: A @ Z, 6, 8, np.random.default_rng(0))[0]), 2)   # tr A = 6.9
+    6.99
+    """
+    m = n // 2
+    if m < 2:
+        raise ValueError(f"n_hvp: XTrace needs at least 4 Hessian-vector products, got {n}")
+    W = rademacher(rng, (P, m))
+    AW = matmat(W)
+    Q, R = np.linalg.qr(AW)
+    AQ = matmat(Q)
+    QtAQ = Q.T @ AQ
+    Rinv_t = np.linalg.inv(R).T
+    S = Rinv_t / np.linalg.norm(Rinv_t, axis=0, keepdims=True)
+    t_full = np.trace(QtAQ)
+    t_drop = np.einsum("ji,jk,ki->i", S, QtAQ, S)  # s_i^T (Q^T A Q) s_i
+    QtW = Q.T @ W
+    # (I - Q_i Q_i^T) w_i and the products we need, for all i at once
+    c = QtW - S * np.einsum("ji,ji->i", S, QtW)  # (I - s s^T) Q^T w_i
+    AP_w = AW - AQ @ c  # A (I - Q_i Q_i^T) w_i
+    QtAPw = Q.T @ AP_w
+    PtAPw = AP_w - Q @ (QtAPw - S * np.einsum("ji,ji->i", S, QtAPw))
+    est = t_full - t_drop + np.einsum("ji,ji->i", W, PtAPw)
+    return est.mean(), est.std(ddof=1) / np.sqrt(m), est
+
+
+def _trace_result(est, se, n_hvp: int, method: str, confidence: float, P: int) -> xr.DataArray:
+    z = float(norm.ppf(0.5 + confidence / 2))
+    se = float(se) if se is not None else math.nan
+    return xr.DataArray(float(est), name="trace", attrs={
+        "long_name": "Hessian trace", "units": "nats / param^2", "stderr": se, "ci_low": float(est) - z * se,
+        "ci_high": float(est) + z * se, "confidence": float(confidence), "n_hvp": int(n_hvp), "method": method,
+        "trace_per_param": float(est) / P})
+
+
+METHODS = ("hutchinson", "hutch++", "xtrace", "exact")
+
+
+@probe("curvature.hessian_trace", tags=STOCHASTIC, case=lambda: (hostile_case(), {"n_hvp": 12}))
+def hessian_trace(model: nn.Module, loss_fn, data, n_hvp: int = 99, method: str = "hutch++", *,
+                  rtol: float | None = None, max_hvp: int = 2000, confidence: float = 0.95, engine: str = "auto",
+                  ctx) -> xr.DataArray:
+    """Trace of the Hessian of the data loss, ``tr H = sum_i H_ii``.
+
+    ``method``: ``"hutchinson"`` (``mean z^T H z`` over Rademacher z), ``"hutch++"`` (low-rank part
+    exact, Hutchinson on the rest; Meyer et al. 2021), ``"xtrace"`` (exchangeable Hutch++; Epperly et
+    al. 2024), or ``"exact"`` (P HVPs). attrs: ``stderr``, a normal ``confidence`` interval
+    (``ci_low``, ``ci_high``), ``n_hvp``, ``method`` and ``trace_per_param``. With ``rtol``
+    (Hutchinson and Hutch++), Rademacher probes are added in blocks until the CI half-width is at
+    most ``rtol |trace|`` or ``max_hvp`` is spent (Hutch++ keeps deflating with its sketch basis,
+    recomputed from the same random stream, its HVPs counted).
+
+    >>> import torch
+    >>> from workbench.curvature import hessian_trace
+    >>> m = torch.nn.Linear(2, 1, bias=False)
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    >>> sq = lambda out, y: (out - y).pow(2).mean()     # L = mean((w . x)^2): H = X^T X = diag(1, 4)
+    >>> t = hessian_trace(m, sq, (x, torch.zeros(2, 1)), method="exact", progress=False)
+    >>> round(float(t), 4), t.attrs["n_hvp"]
+    (5.0, 2)
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: expected 'hutchinson', 'hutch++', 'xtrace' or 'exact', got {method!r}")
+    if rtol is not None and not rtol > 0:
+        raise ValueError(f"rtol: the target relative half-width of the confidence interval must be > 0, got {rtol}")
+    if rtol is not None and method == "xtrace":
+        raise ValueError("rtol: CI-based stopping is available for 'hutchinson' and 'hutch++'; XTrace is not "
+                         "incremental")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence: expected a level in (0, 1), e.g. 0.95, got {confidence}")
+    if method != "exact" and n_hvp < 4:
+        raise ValueError(f"n_hvp: need at least 4 Hessian-vector products, got {n_hvp}")
+    obj = ctx.objective()
+    P = obj.space.numel
+    rng = ctx.rng
+    total = P if method == "exact" else max(n_hvp, max_hvp) if rtol is not None else n_hvp
+    with ctx.bar(total, f"Hessian trace ({method})") as bar:
+        op = HessianOperator(obj, engine=engine, callback=bar.update)
+        mm = op.matmat_np
+        if method == "exact":
+            return _trace_result(np.trace(op.dense()), 0.0, op.n_products, method, confidence, P)
+        if method == "xtrace":
+            est, se, _ = xtrace(mm, P, n_hvp, rng)
+            return _trace_result(est, se, op.n_products, method, confidence, P)
+        replay = copy.deepcopy(rng)  # the stream of the Hutch++ sketch, to rebuild its basis for rtol
+        if method == "hutchinson":
+            est, se, s = hutchinson(mm, P, n_hvp, rng)
+            t_low = 0.0
+        else:
+            est, se, s = hutchpp(mm, P, n_hvp, rng)
+            t_low = est - s.mean()
+            s = s - t_low
+        if rtol is not None:
+            z = float(norm.ppf(0.5 + confidence / 2))
+            Q = hutchpp_basis(mm, P, n_hvp, replay) if method == "hutch++" else None  # unbiased deflation
+            while z * se > rtol * abs(est) and op.n_products < max_hvp:
+                block = min(len(s), max_hvp - op.n_products)
+                G = rademacher(rng, (P, block))
+                if Q is not None:
+                    G = G - Q @ (Q.T @ G)
+                s = np.r_[s, np.einsum("ij,ij->j", G, mm(G))]
+                est, se = t_low + s.mean(), s.std(ddof=1) / np.sqrt(len(s))
+    return _trace_result(est, se, op.n_products, method, confidence, P)
