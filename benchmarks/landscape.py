@@ -18,7 +18,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import interleaved, need  # noqa: E402
 
 import workbench as wb  # noqa: E402
-from workbench import directions as D  # noqa: E402
 from workbench import landscape, zoo  # noqa: E402
 from workbench.zoo.datasets import digits  # noqa: E402
 
@@ -28,13 +27,13 @@ STEPS = 41
 model = zoo.load("mlp-sgd-large-s0")
 X, Y = digits("all")
 lf = torch.nn.CrossEntropyLoss()
-(d1, d2), _ = D.random_directions(model, 2, seed=0)
+(d1, d2), _ = landscape.random_directions(model, 2, seed=0)
 coords = np.linspace(-1, 1, STEPS)
 coords[STEPS // 2] = 0.0
 
 
 def ours():
-    return landscape.slice_2d(model, lf, (X, Y), directions=[d1, d2], coords=coords, progress=False).values
+    return landscape.slice_2d(model, lf, (X, Y), directions=[d1, d2], coords=coords, progress=False).loss.values
 
 
 def naive():

@@ -1,0 +1,167 @@
+"""Linear mode connectivity: the loss along the straight path between two models.
+
+:func:`interpolate` evaluates ``L((1 - t) theta_a + t theta_b)`` and the loss barrier of Frankle et
+al. (2020, "Linear Mode Connectivity and the Lottery Ticket Hypothesis"),
+``B = max_t [L(theta(t)) - ((1 - t) L(theta_a) + t L(theta_b))]`` over t in [0, 1].
+:func:`repaired_buffers` recomputes BatchNorm running statistics at a point of the path (Jordan et
+al. 2023, "REPAIR"), with ``torch.optim.swa_utils.update_bn`` semantics.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from numpy.typing import ArrayLike
+from torch import nn
+
+from ..data import Data, as_data
+from ..objective import Objective
+from ..params import ParamSpace, forward
+from ..registry import Tags, probe
+from ..state import modes
+from ..testing import hostile_data, hostile_model
+from .directions import check_same_space
+from .grid import lattice_axis, mark_nonfinite
+
+__all__ = ["batchnorms", "repaired_buffers", "interpolate"]
+
+
+def batchnorms(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorm modules of ``model`` that track running statistics.
+
+    >>> import torch
+    >>> from workbench.landscape.connectivity import batchnorms
+    >>> len(batchnorms(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))))
+    1
+    """
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def repaired_buffers(obj: Objective, theta: torch.Tensor, data: Data | None = None) -> dict[str, torch.Tensor]:
+    """The model's buffers with BatchNorm running statistics recomputed at ``theta``: reset, then a
+    cumulative average of batch statistics over one pass of ``data`` (default the objective's) with
+    BatchNorm in train mode and every other module in the objective's mode
+    (``torch.optim.swa_utils.update_bn`` semantics). Nothing of the model is written.
+
+    >>> import torch
+    >>> from workbench.objective import Objective
+    >>> from workbench.landscape.connectivity import repaired_buffers
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).eval()
+    >>> obj = Objective(m, torch.nn.MSELoss(), (torch.randn(8, 2), torch.zeros(8, 2)))
+    >>> b = repaired_buffers(obj, obj.theta0)
+    >>> sorted(b), torch.equal(m[1].running_mean, torch.zeros(2))   # the model's own are untouched
+    (['1.num_batches_tracked', '1.running_mean', '1.running_var'], True)
+    """
+    model = obj.model
+    bns = batchnorms(model)
+    prefix = {m: n for n, m in model.named_modules()}
+    base = obj.space.base_tensors(fresh_buffers=True)
+    for m in bns:
+        p = prefix[m] + "." if prefix[m] else ""
+        base[p + "running_mean"].zero_()
+        base[p + "running_var"].fill_(1)
+        if p + "num_batches_tracked" in base:
+            base[p + "num_batches_tracked"].zero_()
+    tensors = dict(base)
+    tensors.update(obj.space.unflatten(theta))
+    with modes(model, obj.mode):
+        saved = [(m, m.momentum, m.training) for m in bns]
+        try:
+            for m in bns:
+                m.momentum = None  # cumulative moving average
+                m.training = True
+            for x, _, _ in obj.batches(data):
+                forward(model, tensors, x)
+        finally:
+            for m, mom, tr in saved:
+                m.momentum = mom
+                m.training = tr
+    params = dict(model.named_parameters(remove_duplicate=False))
+    return {k: v for k, v in base.items() if k not in params}
+
+
+def _case_interp():
+    return (hostile_model(0), hostile_model(1), nn.CrossEntropyLoss(), hostile_data()), dict(
+        coords=[0.0, 0.5, 1.0], bn_repair=True)
+
+
+@probe("landscape.interpolate", case=_case_interp, tags=Tags(inputs="two_models", uses=("mode", "params", "device")))
+def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable, data: Any, coords: ArrayLike | None = None,
+                *, steps: int = 21, bn_repair: bool | Any = False, ctx) -> xr.Dataset:
+    """Loss and accuracy along the linear path ``theta(t) = (1 - t) theta_a + t theta_b``.
+
+    Attrs: ``barrier`` (Frankle et al. 2020), ``max_t L(theta(t)) - ((1 - t) L_a + t L_b)`` over t in
+    [0, 1] on the grid, ``barrier_simple`` = ``max_t L(theta(t)) - max(L_a, L_b)``, and the endpoint
+    losses ``loss_a`` and ``loss_b``. ``coords`` default ``linspace(0, 1, steps)``; values outside
+    [0, 1] extrapolate the line. The endpoints (t = 0 and 1) are bitwise the two models' losses.
+
+    ``bn_repair``: recompute BatchNorm running statistics at every point of the path from ``data``
+    (``True``) or from the data given as ``bn_repair`` before evaluating (:func:`repaired_buffers`);
+    without it BatchNorm buffers are interpolated linearly along with the weights, and interpolated
+    running statistics are meaningless (Jordan et al. 2023, "REPAIR").
+
+    >>> import torch, workbench as wb
+    >>> a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    >>> data = (torch.randn(16, 3), torch.randint(0, 2, (16,)))
+    >>> r = wb.landscape.interpolate(a, b, torch.nn.CrossEntropyLoss(), data, steps=3, progress=False)
+    >>> r.loss.dims, sorted(k for k in r.attrs if k.startswith("barrier"))
+    (('t',), ['barrier', 'barrier_simple'])
+    """
+    obj = ctx.objective(model=model_a)  # the call's own objective is the one of ``model``; this is model_a's
+    ctx.data = obj.data  # so that the decorator records the data fingerprint
+    ctx.record(n_samples=obj.data.n, n_params=obj.space.numel)
+    space_b = ParamSpace(model_b, ctx.params)
+    check_same_space(obj.space, space_b)
+    if space_b.device != obj.device:
+        raise ValueError(f"model_b: its parameters are on {space_b.device}, model_a's on {obj.device}; move both "
+                         "models to one device")
+    t = lattice_axis(coords, steps, (0.0, 1.0)) if coords is not None else np.linspace(0.0, 1.0, steps)
+    ta, tb = obj.theta0, space_b.theta0
+    diff = tb - ta
+    repair = None
+    if bn_repair is not False and bn_repair is not None and batchnorms(model_a):
+        repair = obj.data if bn_repair is True else as_data(bn_repair, obj.device, obj.dtype)
+    buf_a = dict(model_a.named_buffers())
+    buf_b = dict(model_b.named_buffers())
+    loss = np.full(len(t), np.nan)
+    acc = np.full(len(t), np.nan)
+    for i, ti in enumerate(ctx.iterate(t, desc="interpolate")):
+        theta = ta if ti == 0.0 else tb if ti == 1.0 else ta + float(ti) * diff
+        if repair is not None:
+            bufs = repaired_buffers(obj, theta, repair)
+        else:  # buffers interpolated like the weights (integer counters taken from model_a)
+            bufs = {k: (v if not v.is_floating_point() else
+                        (v if ti == 0.0 else buf_b[k] if ti == 1.0 else torch.lerp(v, buf_b[k], float(ti))))
+                    for k, v in buf_a.items()}
+        l, a = obj.evaluate(theta, with_accuracy=True, buffers=bufs)
+        loss[i], acc[i] = l, (np.nan if a is None else a)
+    mark_nonfinite(loss, "interpolate")
+    ds = xr.Dataset(
+        {"loss": ("t", loss, {"long_name": "mean loss", "units": "nats"}),
+         "accuracy": ("t", acc, {"long_name": "top-1 accuracy", "units": "1"})},
+        coords={"t": ("t", t, {"long_name": "interpolation coefficient t", "units": "1"})},
+    )
+    inside = (t >= 0) & (t <= 1)
+    la = _endpoint(obj, t, loss, 0.0, ta, repair, buf_a)
+    lb = _endpoint(obj, t, loss, 1.0, tb, repair, buf_b)
+    lin = (1 - t) * la + t * lb
+    barrier = float(np.nanmax((loss - lin)[inside])) if inside.any() and np.isfinite(loss[inside]).any() else math.nan
+    simple = float(np.nanmax(loss[inside]) - max(la, lb)) if inside.any() else math.nan
+    ctx.record(bn_repair=repair is not None)
+    if repair is not None and bn_repair is not True:
+        ctx.record(bn_repair_data_fingerprint=repair.fingerprint())
+    ds.attrs.update(barrier=barrier, barrier_simple=simple, loss_a=float(la), loss_b=float(lb))
+    return ds
+
+
+def _endpoint(obj, t, loss, where, theta, repair, bufs):
+    hit = np.nonzero(t == where)[0]
+    if hit.size:
+        return float(loss[hit[0]])
+    b = repaired_buffers(obj, theta, repair) if repair is not None else bufs
+    return float(obj.evaluate(theta, buffers=b)[0])
