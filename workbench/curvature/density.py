@@ -7,9 +7,11 @@ measure ``v^T delta(t - H) v / ||v||^2``, whose mean over starts is the eigenval
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import xarray as xr
+from numpy.typing import ArrayLike
 from torch import nn
 
 from ..registry import probe
@@ -58,7 +60,8 @@ def gaussian_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, s
     return (np.exp(-0.5 * z ** 2) / (sigma * np.sqrt(2 * np.pi))) @ w
 
 
-def density_from_nodes(nodes, weights, sigma: float | None = None, grid=None, n_grid: int = 400) -> xr.DataArray:
+def density_from_nodes(nodes: ArrayLike, weights: ArrayLike, sigma: float | None = None, grid: ArrayLike | None = None,
+                       n_grid: int = 400) -> xr.DataArray:
     """Gaussian-smoothed SLQ density over an ``eigenvalue`` grid from nodes and weights ``(n_runs, m)``
     (a 1-D pair is one run): re-smooth a :func:`spectral_density` at any width without new HVPs.
 
@@ -93,8 +96,8 @@ def density_from_nodes(nodes, weights, sigma: float | None = None, grid=None, n_
 
 @probe("curvature.spectral_density", tags=STOCHASTIC,
        case=lambda: (hostile_case(), {"n_runs": 2, "n_lanczos": 6}))
-def spectral_density(model: nn.Module, loss_fn, data, n_runs: int = 5, n_lanczos: int = 60, *,
-                     sigma: float | None = None, grid=None, n_grid: int = 400, engine: str = "auto",
+def spectral_density(model: nn.Module, loss_fn: Callable, data: Any, n_runs: int = 5, n_lanczos: int = 60, *,
+                     sigma: float | None = None, grid: ArrayLike | None = None, n_grid: int = 400, engine: str = "auto",
                      ctx) -> xr.DataArray:
     """Hessian eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019):
     ``phi(t) = (1/n_runs) sum_runs sum_k tau_k N(t; lambda_k, sigma^2)`` with nodes lambda_k and

@@ -1,6 +1,9 @@
 """The dense Hessian of a small model, to calibrate the matrix-free estimators."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import xarray as xr
 from torch import nn
 
@@ -11,7 +14,7 @@ from .operators import HessianOperator
 
 @probe("curvature.exact_hessian", tags=Tags(inputs="pair", uses=("mode", "params", "device")),
        case=lambda: (hostile_case(), {"params": ["head"]}))
-def exact_hessian(model: nn.Module, loss_fn, data, *, max_params: int = 20_000, engine: str = "auto",
+def exact_hessian(model: nn.Module, loss_fn: Callable, data: Any, *, max_params: int = 20_000, engine: str = "auto",
                   chunk: int = 256, ctx) -> xr.DataArray:
     """The dense Hessian ``H_ij = d^2 L / d theta_i d theta_j`` of the mean loss (float64 result,
     symmetrised ``(H + H^T) / 2``) over ``(row, col)``, built from P Hessian-vector products in

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -106,7 +107,7 @@ def ritz(res: LanczosResult, k: int, which: str = "largest") -> tuple[np.ndarray
 
 
 @probe("curvature.hessian_eigenvalues", tags=STOCHASTIC, case=lambda: (hostile_case(), {"k": 2}))
-def hessian_eigenvalues(model: nn.Module, loss_fn, data, k: int = 5, which: str = "largest", *,
+def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, data: Any, k: int = 5, which: str = "largest", *,
                         method: str = "lanczos", tol: float = 1e-3, max_hvp: int | None = None,
                         return_eigenvectors: bool = False, engine: str = "auto", ctx) -> xr.Dataset:
     """The ``k`` largest (or smallest) algebraic eigenvalues of the Hessian of the data loss.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -126,7 +127,7 @@ METHODS = ("hutchinson", "hutch++", "xtrace", "exact")
 
 
 @probe("curvature.hessian_trace", tags=STOCHASTIC, case=lambda: (hostile_case(), {"n_hvp": 12}))
-def hessian_trace(model: nn.Module, loss_fn, data, n_hvp: int = 99, method: str = "hutch++", *,
+def hessian_trace(model: nn.Module, loss_fn: Callable, data: Any, n_hvp: int = 99, method: str = "hutch++", *,
                   rtol: float | None = None, max_hvp: int = 2000, confidence: float = 0.95, engine: str = "auto",
                   ctx) -> xr.DataArray:
     """Trace of the Hessian of the data loss, ``tr H = sum_i H_ii``.

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import torch
 import xarray as xr
+from numpy.typing import ArrayLike
 
 from ..data import Data, as_data
 from ..objective import Objective
@@ -111,7 +112,7 @@ def batch_rises(obj: Objective, delta: torch.Tensor, data: Data | None = None) -
     return weighted_mean_se(np.array(rises), np.array(ns, float))
 
 
-def radii(rho) -> tuple[np.ndarray, bool]:
+def radii(rho: float | ArrayLike) -> tuple[np.ndarray, bool]:
     """(radii as a 1-D float array, whether ``rho`` was a scalar); refuses negative or non-finite radii.
 
     >>> from workbench.sharpness import radii
@@ -143,7 +144,7 @@ def m_subsets(obj: Objective, m: int | None, seed: int) -> list[Data] | None:
     return [as_data([(x, y)], obj.device, obj.dtype, check_finite=False) for x, y, _ in obj.data.subsets(m, seed)]
 
 
-def rho_result(name: str, long_name: str, rhos: np.ndarray, values, errs, scalar: bool,
+def rho_result(name: str, long_name: str, rhos: np.ndarray, values: ArrayLike, errs: ArrayLike, scalar: bool,
                extra: dict | None = None) -> xr.DataArray:
     """A sharpness value per radius: a 0-d DataArray (coords ``rho``, ``stderr``) for a scalar ``rho``, else
     one over ``rho`` (coordinate ``stderr`` over ``rho``); units nats, ``extra`` in attrs.

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import xarray as xr
+from numpy.typing import ArrayLike
 from torch import nn
 
 from ..curvature import HessianOperator
@@ -16,8 +19,8 @@ DETERMINISTIC = Tags(inputs="pair", uses=("mode", "params", "device"))
 
 
 @probe("sharpness.gam_flatness", tags=DETERMINISTIC, case=lambda: (hostile_case(), {"n_steps": 2}))
-def gam_flatness(model: nn.Module, loss_fn, data, rho=0.05, *, n_steps: int = 1, engine: str = "auto",
-                 ctx) -> xr.DataArray:
+def gam_flatness(model: nn.Module, loss_fn: Callable, data: Any, rho: float | ArrayLike = 0.05, *, n_steps: int = 1,
+                 engine: str = "auto", ctx) -> xr.DataArray:
     """First-order flatness of GAM (Zhang et al. 2023): ``R1 = rho max_{||theta' - theta|| <= rho} ||grad L(theta')||``.
 
     Ascent on ``||grad L||``, whose gradient is ``H g / ||g||`` (one HVP per step): a step to
@@ -68,7 +71,7 @@ def gam_flatness(model: nn.Module, loss_fn, data, rho=0.05, *, n_steps: int = 1,
 
 
 @probe("sharpness.gradient_norm", tags=DETERMINISTIC)
-def gradient_norm(model: nn.Module, loss_fn, data, *, ctx) -> xr.DataArray:
+def gradient_norm(model: nn.Module, loss_fn: Callable, data: Any, *, ctx) -> xr.DataArray:
     """The norm of the gradient of the mean loss, ``||grad L(theta)||_2`` (a 0-d DataArray).
 
     >>> import torch

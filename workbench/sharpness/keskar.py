@@ -1,6 +1,9 @@
 """Keskar et al. (2017) epsilon-sharpness: the largest loss rise in a box, relative to 1 + L."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 import xarray as xr
@@ -13,7 +16,7 @@ from ..testing import hostile_case
 
 @probe("sharpness.keskar_sharpness", tags=Tags(inputs="pair", uses=("mode", "params", "device")),
        case=lambda: (hostile_case(), {"maxiter": 2}))
-def keskar_sharpness(model: nn.Module, loss_fn, data, eps: float = 1e-3, *, maxiter: int = 10,
+def keskar_sharpness(model: nn.Module, loss_fn: Callable, data: Any, eps: float = 1e-3, *, maxiter: int = 10,
                      ctx) -> xr.DataArray:
     """Keskar et al. (2017) epsilon-sharpness (full space, A = I):
     ``phi = 100 (max_{y in C} L(theta + y) - L(theta)) / (1 + L(theta))`` in percent, over the box

@@ -12,9 +12,13 @@ All take ``rho`` (a radius or an array of radii) and ``adaptive`` with the share
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 import xarray as xr
+from numpy.typing import ArrayLike
 from torch import nn
 
 from ..registry import Tags, probe
@@ -25,8 +29,9 @@ STOCHASTIC = Tags(inputs="pair", stochastic=True, uses=("mode", "params", "seed"
 
 
 @probe("sharpness.sam_sharpness", tags=STOCHASTIC, case=lambda: (hostile_case(), {"rho": [0.01, 0.05], "m": 10}))
-def sam_sharpness(model: nn.Module, loss_fn, data, rho=0.05, adaptive: bool = False, *, norm=2, eta: float = 0.0,
-                  m: int | None = None, ctx) -> xr.DataArray:
+def sam_sharpness(model: nn.Module, loss_fn: Callable, data: Any, rho: float | ArrayLike = 0.05,
+                  adaptive: bool = False, *, norm: int | float | str = 2, eta: float = 0.0, m: int | None = None,
+                  ctx) -> xr.DataArray:
     """First-order SAM sharpness ``L(theta + eps*) - L(theta)`` (Foret et al. 2021); ``adaptive=True``
     gives ASAM's (Kwon et al. 2021) with ``c = |theta| + eta``. ``eps* = rho c^2 g / ||c g||_2``
     (p = 2) or ``rho c sign(g)`` (p = inf) maximises the linearised loss in the ball. With ``m``:
@@ -74,8 +79,9 @@ def sam_sharpness(model: nn.Module, loss_fn, data, rho=0.05, adaptive: bool = Fa
 
 @probe("sharpness.worst_case_sharpness", tags=STOCHASTIC,
        case=lambda: (hostile_case(), {"rho": 0.05, "n_steps": 3}))
-def worst_case_sharpness(model: nn.Module, loss_fn, data, rho=0.05, adaptive: bool = False, *, norm=2,
-                         eta: float = 0.0, n_steps: int = 20, m: int | None = None, ctx) -> xr.DataArray:
+def worst_case_sharpness(model: nn.Module, loss_fn: Callable, data: Any, rho: float | ArrayLike = 0.05,
+                         adaptive: bool = False, *, norm: int | float | str = 2, eta: float = 0.0, n_steps: int = 20,
+                         m: int | None = None, ctx) -> xr.DataArray:
     """Worst-case sharpness ``max_{||delta / c||_p <= rho} L(theta + delta) - L(theta)``
     (Andriushchenko et al. 2023), by projected gradient ascent in ``u = delta / c`` from the
     first-order SAM point: normalised (p = 2) or sign (p = inf) steps, momentum 0.75, initial step
@@ -134,8 +140,9 @@ def worst_case_sharpness(model: nn.Module, loss_fn, data, rho=0.05, adaptive: bo
 
 
 @probe("sharpness.average_sharpness", tags=STOCHASTIC, case=lambda: (hostile_case(), {"n_draws": 3}))
-def average_sharpness(model: nn.Module, loss_fn, data, rho=0.05, adaptive: bool = False, *, norm=2,
-                      eta: float = 0.0, n_draws: int = 20, ctx) -> xr.DataArray:
+def average_sharpness(model: nn.Module, loss_fn: Callable, data: Any, rho: float | ArrayLike = 0.05,
+                      adaptive: bool = False, *, norm: int | float | str = 2, eta: float = 0.0, n_draws: int = 20,
+                      ctx) -> xr.DataArray:
     """Average-case sharpness ``E_delta L(theta + delta) - L(theta)`` with delta ~ N(0, rho^2 diag(c^2))
     (p = 2) or U[-rho c, rho c] (p = inf) (Andriushchenko et al. 2023); Monte Carlo over ``n_draws``
     draws seeded by ``seed`` (the same draws for every radius), stderr over draws.

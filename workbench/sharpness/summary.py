@@ -1,6 +1,9 @@
 """Every sharpness scalar side by side, for one model or over checkpoints."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import xarray as xr
 from torch import nn
 
@@ -40,9 +43,36 @@ def _items(models) -> tuple[list, bool]:
     return items, False
 
 
+def _row(ev: xr.Dataset, eig: xr.Dataset, tr: xr.DataArray, sam: xr.DataArray, asam: xr.DataArray,
+         avg: xr.DataArray, gam: xr.DataArray, rho: float, adaptive_rho: float) -> xr.Dataset:
+    lam = float(eig["eigenvalue"][0])
+    ds = xr.Dataset({
+        "loss": ev.loss, "accuracy": ev.accuracy,
+        "eigenvalues": eig["eigenvalue"].rename("eigenvalues"),
+        "lambda_max": ((), lam, {"long_name": "largest Hessian eigenvalue"}),
+        "trace": ((), float(tr), {"long_name": "Hessian trace (Hutch++)"}),
+        "trace_stderr": ((), tr.attrs["stderr"]),
+        "lambda_max_over_trace": ((), lam / float(tr)),
+        "trace_per_param": ((), tr.attrs["trace_per_param"]),
+        "sam_sharpness": ((), float(sam), {"long_name": f"SAM sharpness, rho={rho}"}),
+        "sam_stderr": ((), float(sam.stderr)),
+        "asam_sharpness": ((), float(asam), {"long_name": f"ASAM sharpness, rho={adaptive_rho}"}),
+        "asam_stderr": ((), float(asam.stderr)),
+        "average_sharpness": ((), float(avg), {"long_name": f"average-case sharpness, rho={rho / 10}"}),
+        "average_stderr": ((), float(avg.stderr)),
+        "gam_flatness": ((), float(gam), {"long_name": f"GAM first-order flatness, rho={rho}"}),
+        "grad_norm": ((), gam.attrs["grad_norm"]),
+    })
+    for v in ds.variables.values():
+        for key in PROVENANCE:
+            v.attrs.pop(key, None)
+    return ds
+
+
 @probe("sharpness.summary", tags=Tags(inputs="models", stochastic=True, uses=("mode", "params", "seed", "device")),
        case=_case)
-def summary(models, loss_fn, data, *, k: int = 5, n_hvp: int = 99, rho: float = 0.05, adaptive_rho: float = 0.5,
+def summary(models: nn.Module | list[nn.Module] | dict[str, nn.Module], loss_fn: Callable,
+            data: Any, *, k: int = 5, n_hvp: int = 99, rho: float = 0.05, adaptive_rho: float = 0.5,
             n_draws: int = 10, ctx) -> xr.Dataset:
     """All sharpness scalars side by side for one model, or over a list / dict of models (checkpoints)
     stacked along ``checkpoint``: loss, accuracy, the top-``k`` Hessian eigenvalues, the trace by
@@ -63,36 +93,20 @@ def summary(models, loss_fn, data, *, k: int = 5, n_hvp: int = 99, rho: float = 
     ctx.data = as_data(data)
     tail = dict(mode=ctx.mode, params=ctx.params, device=ctx.device, cancel=ctx.cancel, progress=False)
     rows = []
-    for _, m in ctx.iterate(items, desc="sharpness summary"):
-        ev = evaluate(m, loss_fn, data, **tail)
-        eig = hessian_eigenvalues(m, loss_fn, data, k=k, seed=ctx.seed, **tail)
-        tr = hessian_trace(m, loss_fn, data, n_hvp=n_hvp, seed=ctx.seed, **tail)
-        sam = sam_sharpness(m, loss_fn, data, rho=rho, seed=ctx.seed, **tail)
-        asam = sam_sharpness(m, loss_fn, data, rho=adaptive_rho, adaptive=True, seed=ctx.seed, **tail)
-        avg = average_sharpness(m, loss_fn, data, rho=rho / 10, n_draws=n_draws, seed=ctx.seed, **tail)
-        gam = gam_flatness(m, loss_fn, data, rho=rho, **tail)
-        lam = float(eig["eigenvalue"][0])
-        ds = xr.Dataset({
-            "loss": ev.loss, "accuracy": ev.accuracy,
-            "eigenvalues": eig["eigenvalue"].rename("eigenvalues"),
-            "lambda_max": ((), lam, {"long_name": "largest Hessian eigenvalue"}),
-            "trace": ((), float(tr), {"long_name": "Hessian trace (Hutch++)"}),
-            "trace_stderr": ((), tr.attrs["stderr"]),
-            "lambda_max_over_trace": ((), lam / float(tr)),
-            "trace_per_param": ((), tr.attrs["trace_per_param"]),
-            "sam_sharpness": ((), float(sam), {"long_name": f"SAM sharpness, rho={rho}"}),
-            "sam_stderr": ((), float(sam.stderr)),
-            "asam_sharpness": ((), float(asam), {"long_name": f"ASAM sharpness, rho={adaptive_rho}"}),
-            "asam_stderr": ((), float(asam.stderr)),
-            "average_sharpness": ((), float(avg), {"long_name": f"average-case sharpness, rho={rho / 10}"}),
-            "average_stderr": ((), float(avg.stderr)),
-            "gam_flatness": ((), float(gam), {"long_name": f"GAM first-order flatness, rho={rho}"}),
-            "grad_norm": ((), gam.attrs["grad_norm"]),
-        })
-        for v in ds.variables.values():
-            for key in PROVENANCE:
-                v.attrs.pop(key, None)
-        rows.append(ds)
+    with ctx.bar(7 * len(items), "sharpness summary") as bar:
+        def done(result):
+            bar.update()
+            return result
+
+        for _, m in items:
+            ev = done(evaluate(m, loss_fn, data, **tail))
+            eig = done(hessian_eigenvalues(m, loss_fn, data, k=k, seed=ctx.seed, **tail))
+            tr = done(hessian_trace(m, loss_fn, data, n_hvp=n_hvp, seed=ctx.seed, **tail))
+            sam = done(sam_sharpness(m, loss_fn, data, rho=rho, seed=ctx.seed, **tail))
+            asam = done(sam_sharpness(m, loss_fn, data, rho=adaptive_rho, adaptive=True, seed=ctx.seed, **tail))
+            avg = done(average_sharpness(m, loss_fn, data, rho=rho / 10, n_draws=n_draws, seed=ctx.seed, **tail))
+            gam = done(gam_flatness(m, loss_fn, data, rho=rho, **tail))
+            rows.append(_row(ev, eig, tr, sam, asam, avg, gam, rho, adaptive_rho))
     if single:
         return rows[0]
     return xr.concat(rows, dim="checkpoint", combine_attrs="drop").assign_coords(
