@@ -83,6 +83,7 @@ class Objective:
         self.fresh = mode == "train"
         self.on_batch = on_batch
         self._checked = False
+        self._modules = list(model.modules())
         # parameters outside the probed subset enter detached (no graph through them); computed once
         moved = set(self.space.names) | {a for al in self.space.aliases.values() for a in al}
         self._fixed = {n: p.detach() for n, p in model.named_parameters(remove_duplicate=False) if n not in moved}
@@ -102,14 +103,14 @@ class Objective:
 
     def call(self, inputs, tensors: dict | None = None):
         """``model(inputs)`` in the objective's mode with ``tensors`` (by name) swapped in."""
-        with modes(self.model, self.mode):
+        with modes(self.model, self.mode, self._modules):
             return forward(self.model, self.base() if tensors is None else tensors, inputs)
 
     def batch_loss(self, theta_dict: dict, x, y, base: dict | None = None):
         """(mean loss of one batch, outputs) at the parameters ``theta_dict`` (by name) over ``base``."""
         tensors = dict(self.base() if base is None else base)
         tensors.update(theta_dict)
-        with modes(self.model, self.mode):
+        with modes(self.model, self.mode, self._modules):
             out = forward(self.model, tensors, x)
         if not self._checked:
             check_targets(out, y, self.loss_fn)

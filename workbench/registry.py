@@ -221,10 +221,10 @@ class Context:
         ``params`` and ``mode``; cancellation is checked at every batch. The call's own is built once."""
         from .objective import Objective
 
-        own = model is None and loss_fn is None and data is None
+        own = (model is None or model is self._bound.get("model_a")) and loss_fn is None and data is None
         if own and self._objective is not None:
             return self._objective
-        obj = Objective(self._bound["model"] if model is None else model,
+        obj = Objective(self._bound.get("model", self._bound.get("model_a")) if model is None else model,
                         self._bound["loss_fn"] if loss_fn is None else loss_fn,
                         self._bound["data"] if data is None else data, params=self.params, mode=self.mode,
                         device=self.device, on_batch=self.check_cancel)
@@ -329,7 +329,7 @@ def probe(name: str, *, case: Callable | None = None, tags: Tags | None = None):
             recorded.update(ctx.extra_params)
             attrs = provenance(name, recorded, mods[0] if len(mods) == 1 or "models" not in arguments else None,
                                ctx.data, ctx.seed if tags.stochastic else None, time.perf_counter() - t0)
-            if len(mods) == 2 and "model_b" in arguments:
+            if isinstance(arguments.get("model_b"), nn.Module):
                 from .results import model_fingerprint
 
                 attrs["model_b_fingerprint"] = model_fingerprint(arguments["model_b"])

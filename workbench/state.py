@@ -177,14 +177,16 @@ def set_mode(model: nn.Module, mode: str) -> None:
 
 
 @contextlib.contextmanager
-def modes(model: nn.Module, mode: str):
-    """Run the body with every module of ``model`` in ``mode``, then put each module's own flag back."""
+def modes(model: nn.Module, mode: str, modules: list[nn.Module] | None = None):
+    """Run the body with every module of ``model`` in ``mode``, then put each module's own flag back.
+    ``modules``: ``list(model.modules())`` when the caller has it (saves the traversal per call)."""
     _check_mode(mode)
-    flags = [(m, m.training) for m in model.modules()]
     want = mode == "train"
-    if all(f == want for _, f in flags):
+    mods = list(model.modules()) if modules is None else modules
+    if all(m.training is want for m in mods):
         yield
         return
+    flags = [(m, m.training) for m in mods]
     try:
         for m, _ in flags:
             m.training = want
