@@ -7,6 +7,9 @@ import torch
 from torch import nn
 
 from workbench import attention as A
+from workbench.attention import reduction
+from workbench.attention.capture import Capture
+from workbench.testing import parametrize_with_probe_checks
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,8 +35,15 @@ def _eager_layers(enc, x, key_padding_mask=None, attn_mask=None):
     with torch.no_grad():
         for lyr in enc.layers:
             z = lyr.norm1(h) if lyr.norm_first else h
-            _, w = lyr.self_attn(z, z, z, key_padding_mask=key_padding_mask, attn_mask=attn_mask, need_weights=True,
-                                 average_attn_weights=False)
+            _, w = lyr.self_attn(
+                z,
+                z,
+                z,
+                key_padding_mask=key_padding_mask,
+                attn_mask=attn_mask,
+                need_weights=True,
+                average_attn_weights=False,
+            )
             ws.append(w)
             h = lyr(h, src_key_padding_mask=key_padding_mask, src_mask=attn_mask)
     return ws
@@ -74,8 +84,14 @@ def test_torch_native_encoder_matches_eager_float64(fastpath, causal):
 def _bert(impl, seed=0):
     from transformers import BertConfig, BertModel
 
-    cfg = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                     attn_implementation=impl)
+    cfg = BertConfig(
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        attn_implementation=impl,
+    )
     torch.manual_seed(seed)
     return BertModel(cfg).eval()
 
@@ -109,9 +125,15 @@ def test_hf_bert_matches_eager_probabilities_and_config_is_untouched(impl):
         np.testing.assert_allclose(ds.sink_mass[layer].values, sink, atol=1e-6)
     # max logit: q.k / sqrt(d) recomputed in float64 from each layer's input and its query/key projections
     inputs = {}
-    hooks = [lyr.attention.self.register_forward_pre_hook(
-        lambda mod, args, kwargs, i=i: inputs.__setitem__(i, (args[0] if args else kwargs["hidden_states"]).detach()),
-        with_kwargs=True) for i, lyr in enumerate(ref_model.encoder.layer)]
+    hooks = [
+        lyr.attention.self.register_forward_pre_hook(
+            lambda mod, args, kwargs, i=i: inputs.__setitem__(
+                i, (args[0] if args else kwargs["hidden_states"]).detach()
+            ),
+            with_kwargs=True,
+        )
+        for i, lyr in enumerate(ref_model.encoder.layer)
+    ]
     with torch.no_grad():
         ref_model(**inp)
     for h_ in hooks:
@@ -134,8 +156,11 @@ def test_padding_invariance():
     batch = A.attention_stats(m, inp, resolution="example")
     for b in range(3):
         n = int(inp["attention_mask"][b].sum())
-        alone = A.attention_stats(m, {"input_ids": inp["input_ids"][b:b + 1, :n],
-                                      "attention_mask": inp["attention_mask"][b:b + 1, :n]}, resolution="example")
+        alone = A.attention_stats(
+            m,
+            {"input_ids": inp["input_ids"][b : b + 1, :n], "attention_mask": inp["attention_mask"][b : b + 1, :n]},
+            resolution="example",
+        )
         np.testing.assert_allclose(batch.entropy.sel(example=b).values, alone.entropy.sel(example=0).values, atol=1e-5)
 
 
@@ -147,7 +172,9 @@ def test_per_query_resolution_and_query_chunks_agree():
     assert q.entropy.dims == ("layer", "head", "example", "query")
     assert np.isnan(q.entropy.sel(example=2, query=5)).all()  # padded query rows are excluded
     with np.errstate(all="ignore"):
-        np.testing.assert_allclose(q.entropy.mean(("example", "query"), skipna=True).values, h.entropy.values, atol=1e-9)
+        np.testing.assert_allclose(
+            q.entropy.mean(("example", "query"), skipna=True).values, h.entropy.values, atol=1e-9
+        )
 
 
 def test_dataloader_of_inputs_accumulates_all_examples():
@@ -169,7 +196,9 @@ def test_hand_written_attention_via_registration():
             self.k = nn.Linear(8, 8)
 
         def forward(self, x):
-            s = (self.q(x).reshape(2, 5, 2, 4).transpose(1, 2) @ self.k(x).reshape(2, 5, 2, 4).transpose(1, 2).transpose(-1, -2))
+            s = self.q(x).reshape(2, 5, 2, 4).transpose(1, 2) @ self.k(x).reshape(2, 5, 2, 4).transpose(1, 2).transpose(
+                -1, -2
+            )
             return torch.softmax(s, dim=-1).sum()
 
     class Net(nn.Module):
@@ -186,7 +215,9 @@ def test_hand_written_attention_via_registration():
         A.entropy(net, x)
     e = A.entropy(net, x, attention_modules=["mix"])
     with torch.no_grad():
-        s = net.mix.q(x).reshape(2, 5, 2, 4).transpose(1, 2) @ net.mix.k(x).reshape(2, 5, 2, 4).transpose(1, 2).transpose(-1, -2)
+        s = net.mix.q(x).reshape(2, 5, 2, 4).transpose(1, 2) @ net.mix.k(x).reshape(2, 5, 2, 4).transpose(
+            1, 2
+        ).transpose(-1, -2)
         p = torch.softmax(s.double(), -1)
     np.testing.assert_allclose(e.values[0], _ref_entropy(p, torch.ones(2, 5, dtype=torch.bool)), atol=1e-6)
 
@@ -200,8 +231,11 @@ def test_minilm_collapsed_head_and_its_logit_outlier():
     import workbench.zoo as zoo
 
     model, tok = zoo.minilm()
-    enc = tok(["The cat sat on the mat.", "A quick brown fox jumps over the lazy dog near the river bank.", "Hello"],
-              padding=True, return_tensors="pt")
+    enc = tok(
+        ["The cat sat on the mat.", "A quick brown fox jumps over the lazy dog near the river bank.", "Hello"],
+        padding=True,
+        return_tensors="pt",
+    )
     ds = A.attention_stats(model, dict(enc))
     assert ds.sizes == {"layer": 6, "head": 12}
     col = A.detect_collapse(ds)
@@ -251,9 +285,15 @@ def test_entropy_lower_bound_of_zhai_et_al_is_the_minimum_over_the_sigma_ball():
             a = rng.normal(size=(2000, T))
             a *= sigma * rng.uniform(0, 1, size=(2000, 1)) ** (1 / T) / np.linalg.norm(a, axis=1, keepdims=True)
             assert _row_entropy(a).min() >= bound - 1e-12
-            best = min(minimize(_row_entropy, x0, method="SLSQP",
-                                constraints=[{"type": "ineq", "fun": lambda x: sigma ** 2 - x @ x}]).fun
-                       for x0 in sigma * rng.normal(size=(8, T)) / math.sqrt(T))
+            best = min(
+                minimize(
+                    _row_entropy,
+                    x0,
+                    method="SLSQP",
+                    constraints=[{"type": "ineq", "fun": lambda x, sigma=sigma: sigma**2 - x @ x}],
+                ).fun
+                for x0 in sigma * rng.normal(size=(8, T)) / math.sqrt(T)
+            )
             assert best == pytest.approx(bound, rel=1e-5, abs=1e-7)
     # the extreme row: one logit sigma sqrt((T-1)/T), the rest -sigma / sqrt(T (T-1))
     sigma, T = 2.0, 6
@@ -284,8 +324,9 @@ def test_qk_spectral_norms_and_over_checkpoints(zoo_built):
     assert s.dims == ("layer", "head") and s.shape == (2, 4) and np.all(s.values > 0)
     cks = zoo.checkpoints("vit-high-lr")[::10]
     x, _ = zoo.data("test")
-    ds = A.over_checkpoints({c["step"]: c["model"] for c in cks}, x[:64], losses=[c["train_loss"] for c in cks],
-                            dim="step", progress=False)
+    ds = A.over_checkpoints(
+        {c["step"]: c["model"] for c in cks}, x[:64], losses=[c["train_loss"] for c in cks], dim="step", progress=False
+    )
     assert ds.entropy.dims == ("step", "layer", "head") and "loss" in ds
     assert float(ds.entropy.isel(step=-1, layer=0).mean()) < float(ds.entropy.isel(step=0, layer=0).mean())
 
@@ -307,8 +348,6 @@ def test_attention_map_rows_sum_to_one():
 
 
 def test_fused_outputs_match_the_kernel_and_exact_mode():
-    import workbench.attention as Amod
-
     m = _bert("sdpa")
     inp = _bert_inputs()
     with torch.no_grad():
@@ -319,7 +358,7 @@ def test_fused_outputs_match_the_kernel_and_exact_mode():
         pass
 
     for exact in (False, True):
-        cap = Amod._Capture(m, inp["attention_mask"].bool(), 128, None, exact_outputs=exact)
+        cap = Capture(m, inp["attention_mask"].bool(), 128, None, exact_outputs=exact)
         with torch.no_grad(), cap:
             got[exact] = m(**inp).last_hidden_state
     valid = inp["attention_mask"].bool()
@@ -371,8 +410,13 @@ def _sdpa_reference(q, k, v, attn_mask=None, is_causal=False, enable_gqa=False):
         allowed = allowed & torch.ones(z.shape[-2:], dtype=torch.bool).tril()
     neg = torch.tensor(-math.inf, dtype=torch.float64)
     p = torch.softmax(torch.where(allowed, z + bias, neg), -1)
-    return {"entropy": -(torch.special.xlogy(p, p)).sum(-1), "max_logit": torch.where(allowed, z, neg).amax(-1),
-            "sink_mass": p[..., 0], "rows": allowed.any(-1), "output": p @ v}
+    return {
+        "entropy": -(torch.special.xlogy(p, p)).sum(-1),
+        "max_logit": torch.where(allowed, z, neg).amax(-1),
+        "sink_mass": p[..., 0],
+        "rows": allowed.any(-1),
+        "output": p @ v,
+    }
 
 
 @pytest.mark.parametrize("budget", [1 << 19, 4 * 37 * 3, 1])  # groups of examples; one example, 3 queries; 1 query
@@ -381,7 +425,7 @@ def test_sdpa_blocks_match_float64_definitions(monkeypatch, case, budget):
     """Every way the reduction can be blocked gives the float64 values of the definitions: additive bias (the
     max logit is taken before it), causal mask, grouped-query self-attention with padding (output computed by
     the probe), grouped-query cross-attention with a fully masked row (output from the kernel)."""
-    monkeypatch.setattr(A, "_block_elements", lambda device: budget)
+    monkeypatch.setattr(reduction, "block_elements", lambda device: budget)
     g = torch.Generator().manual_seed(3)
     B, H, T, S, d = 5, 4, 37, 37, 8
     kw = {}
@@ -422,7 +466,7 @@ def test_sdpa_blocks_match_float64_definitions(monkeypatch, case, budget):
     if case == "gqa_cross":
         assert ds.entropy.isel(layer=0, example=0, query=2).isnull().all()
     with torch.no_grad():  # the output handed back to the model: softmax(z) @ v, or the kernel's own
-        cap = A._Capture(model, None, 128, None)
+        cap = Capture(model, None, 128, None)
         with cap:
             out = model(q, k, v)
     ok = ref["rows"]
@@ -436,6 +480,7 @@ def test_sdpa_blocks_match_float64_definitions(monkeypatch, case, budget):
 
 def test_a_module_run_twice_in_one_forward_is_two_layers():
     """Shared weights (ALBERT-style): each call of the same attention module is its own layer."""
+
     class Twice(nn.Module):
         def __init__(self):
             super().__init__()
@@ -467,12 +512,32 @@ def test_hf_causal_decoders_match_eager_with_left_and_right_padding(arch):
     def make(impl):
         torch.manual_seed(1)
         if arch == "gpt2":
-            m = GPT2Model(GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, attn_implementation=impl,
-                                     bos_token_id=0, eos_token_id=0))
+            m = GPT2Model(
+                GPT2Config(
+                    vocab_size=50,
+                    n_embd=32,
+                    n_layer=2,
+                    n_head=4,
+                    attn_implementation=impl,
+                    bos_token_id=0,
+                    eos_token_id=0,
+                )
+            )
         else:
-            m = LlamaModel(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, attn_implementation=impl,
-                                       bos_token_id=0, eos_token_id=0, pad_token_id=0))
+            m = LlamaModel(
+                LlamaConfig(
+                    vocab_size=50,
+                    hidden_size=32,
+                    intermediate_size=64,
+                    num_hidden_layers=2,
+                    num_attention_heads=4,
+                    num_key_value_heads=2,
+                    attn_implementation=impl,
+                    bos_token_id=0,
+                    eos_token_id=0,
+                    pad_token_id=0,
+                )
+            )
         with torch.no_grad():  # near-collapsed heads with logits up to ~100: a precision test
             for name, p in m.named_parameters():
                 if any(s in name for s in ("c_attn", "q_proj", "k_proj")):
@@ -480,7 +545,10 @@ def test_hf_causal_decoders_match_eager_with_left_and_right_padding(arch):
         return m.eval()
 
     g = torch.Generator().manual_seed(0)
-    inp = {"input_ids": torch.randint(1, 50, (3, 11), generator=g), "attention_mask": torch.ones(3, 11, dtype=torch.long)}
+    inp = {
+        "input_ids": torch.randint(1, 50, (3, 11), generator=g),
+        "attention_mask": torch.ones(3, 11, dtype=torch.long),
+    }
     inp["attention_mask"][1, 7:] = 0  # right padding
     inp["attention_mask"][2, :3] = 0  # left padding
     valid = inp["attention_mask"].bool()
@@ -500,3 +568,34 @@ def test_hf_causal_decoders_match_eager_with_left_and_right_padding(arch):
         want = [(Hrow / n_keys.clamp_min(2).log())[:, h][ok[:, h]].mean().item() for h in range(4)]
         np.testing.assert_allclose(ds.normalized_entropy[0].values, want, atol=1e-5)
         assert max(want) < 0.2  # far from uniform attention: the comparison has teeth
+
+
+@parametrize_with_probe_checks([A.attention_stats, A.entropy, A.attention_map, A.qk_spectral_norms, A.over_checkpoints])
+def test_probe_contract(probe, check):
+    check(probe)
+
+
+def test_progress_counts_batches_and_cancel_stops_at_the_next_attention_call():
+    import threading
+
+    from workbench.registry import Cancelled
+
+    enc = _encoder()
+    batches = [torch.randn(2, 5, 16), torch.randn(3, 5, 16)]
+    seen = []
+    A.attention_stats(enc, batches, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 2), (2, 2)]
+    ev = threading.Event()
+    calls = []
+
+    def set_event(*args):
+        calls.append(1)
+        ev.set()
+
+    h = enc.layers[1].register_forward_pre_hook(set_event)
+    try:  # set during the first batch's forward: the second layer's attention call stops it
+        with pytest.raises(Cancelled):
+            A.attention_stats(enc, batches, cancel=ev)
+    finally:
+        h.remove()
+    assert calls == [1]
