@@ -55,7 +55,9 @@ def gam_flatness(model: nn.Module, loss_fn: Callable, data: Any, rho: float | Ar
                 gn = g.norm()
                 if gn == 0:
                     break
-                u = HessianOperator(obj, obj.theta0 + delta, engine=engine).matvec(g / gn)
+                op = HessianOperator(obj, obj.theta0 + delta, engine=engine)
+                u = op.matvec(g / gn)
+                engine = op.engine  # after a fallback to double backward, stay there (one warning)
                 n_hvp += 1
                 if u.norm() == 0:
                     break
