@@ -1,6 +1,7 @@
 
 import numpy as np
 import pytest
+import torch
 from scipy.optimize import minimize
 from scipy.stats import weightedtau
 
@@ -207,11 +208,17 @@ def test_rank_and_harness_on_the_zoo(zoo_built):
     gt = zoo.transfer_ground_truth()
     m = models["src-mlp-0to4"]
     s = snapshot(m)
+    rng = torch.get_rng_state()
     acc = T.linear_probe_accuracy(m, (x, y), zt.target_data("digits-5to9", "test"))
-    assert acc == pytest.approx(float(gt.linear_probe_acc.sel(source="src-mlp-0to4", target="digits-5to9")), abs=1e-9)
+    assert acc.dims == () and acc.name == "accuracy" and acc.attrs["probe"] == "transfer.linear_probe_accuracy"
+    assert float(acc) == pytest.approx(float(gt.linear_probe_acc.sel(source="src-mlp-0to4", target="digits-5to9")),
+                                       abs=1e-9)
     ft = T.finetune_accuracy(m, (x, y), zt.target_data("digits-5to9", "test"))
-    assert ft == pytest.approx(float(gt.finetune_acc.sel(source="src-mlp-0to4", target="digits-5to9")), abs=1e-9)
+    assert ft.dims == () and ft.attrs["seed"] == 0
+    assert float(ft) == pytest.approx(float(gt.finetune_acc.sel(source="src-mlp-0to4", target="digits-5to9")), abs=1e-9)
     assert s.matches(m)
+    zoo.load("src-cnn-0to4")
+    assert torch.equal(rng, torch.get_rng_state())  # the harness and zoo loads leave the user's RNG alone
     layers = T.rank({"mlp": m}, (x, y), metrics=["logme"], layers=["features.0", "features.2", "features.3"],
                     progress=False)
     assert layers.sizes["layer"] == 3
@@ -251,3 +258,85 @@ def test_features_leave_the_model_untouched_when_interrupted(exc):
         trap.remove()
     assert diff_state(s, m) == []
     assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())  # no hook left behind
+
+
+from workbench.testing import parametrize_with_probe_checks  # noqa: E402
+
+
+@parametrize_with_probe_checks([T.features, T.rank, T.linear_probe_accuracy, T.finetune_accuracy])
+def test_transfer_probes_pass_the_contract(probe, check):
+    check(probe)
+
+
+def test_features_dataset_layout_and_loader_input():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from workbench.testing import hostile_data, hostile_model
+
+    m = hostile_model(0)
+    x, y = hostile_data(0, 40)
+    ds = T.features(m, x, ["fc1", "frozen"], return_outputs=True)
+    assert list(ds.data_vars) == ["fc1", "frozen", "source_probs"]
+    assert ds.fc1.dims == ("example", T.feature_dim("fc1")) and ds.fc1.shape == (40, 16)
+    assert ds.source_probs.dims == ("example", "source_class")
+    np.testing.assert_allclose(ds.source_probs.values.sum(1), 1.0, rtol=1e-12)
+    assert ds.fc1.dtype == np.float64 and ds.attrs["probe"] == "transfer.features"
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    np.testing.assert_array_equal(T.features(m, loader, ["fc1"]).fc1.values, ds.fc1.values)
+    assert "source_probs" not in T.features(m, x, ["fc1"])  # only with return_outputs=True
+
+
+def test_features_masked_mean_over_tokens_of_a_mapping_batch():
+    class Tokens(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, input_ids, attention_mask):
+            return self.head(self.embed(input_ids)[:, 0])
+
+    m = Tokens()
+    ids = torch.tensor([[1, 2, 3], [4, 5, 0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    f = T.features(m, {"input_ids": ids, "attention_mask": mask}, ["embed"]).embed.values
+    e = m.embed.weight.detach().double()
+    np.testing.assert_allclose(f[1], ((e[4] + e[5]) / 2).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(f[0], e[[1, 2, 3]].mean(0).numpy(), rtol=1e-6)
+
+
+def test_features_errors_name_the_argument():
+    from workbench.testing import hostile_model
+
+    m = hostile_model(0)
+
+    class Skip(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.used(x)
+
+    with pytest.raises(ValueError, match="pool: expected"):
+        T.features(m, torch.zeros(4, 8), ["fc1"], pool="median")
+    with pytest.raises(ValueError, match=r"layers: \['unused'\] did not return a tensor"):
+        T.features(Skip(), torch.zeros(3, 2), ["unused"])
+    with pytest.raises(ValueError, match="head: the model has no nn.Linear module 'classifier'"):
+        T.finetune_accuracy(m, (torch.zeros(4, 8), torch.tensor([0, 1, 0, 1])),
+                            (torch.zeros(2, 8), torch.tensor([0, 1])), head="classifier")
+
+
+def test_rank_scores_repeat_and_finetune_follows_its_seed():
+    from workbench.testing import hostile_data, hostile_model
+
+    models = {"a": hostile_model(0), "b": hostile_model(1)}
+    a = T.rank(models, hostile_data(0, 40), ["logme", "leep", "nce", "etran"])
+    b = T.rank(models, hostile_data(0, 40), ["logme", "leep", "nce", "etran"])
+    np.testing.assert_array_equal(a.score.values, b.score.values)
+    assert list(a.metric.values) == ["logme", "leep", "nce", "etran_lda", "etran_energy", "etran"]
+    x, y = hostile_data(0, 200)
+    split = ((x[:150], y[:150]), (x[150:], y[150:]))
+    runs = {s: float(T.finetune_accuracy(hostile_model(0), *split, epochs=2, seed=s)) for s in (0, 1, 2, 3)}
+    assert runs[0] == float(T.finetune_accuracy(hostile_model(0), *split, epochs=2, seed=0))
+    assert len(set(runs.values())) > 1  # the head's init and the data order come from seed

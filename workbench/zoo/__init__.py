@@ -22,17 +22,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..results import atomic_write
+from . import transfer as _transfer
 from .datasets import digits
 from .models import build as build_arch
 from .models import n_params
 from .training import train
-from . import transfer as _transfer
 
 ZOO_VERSION = 3
 
@@ -128,19 +128,6 @@ def _train_one(name: str, progress=None) -> dict:
     return rec
 
 
-def _save_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _cached(name: str) -> dict | None:
     """The cached record of ``name`` if it exists and matches the current spec (one read), else None."""
     p = _path(name)
@@ -170,7 +157,8 @@ def build(which=None, force: bool = False, progress: bool = True) -> list[str]:
     with threads(), tqdm(todo, desc="building demo zoo", disable=not progress or not todo) as bar:
         for n in bar:
             bar.set_description(f"zoo: {n}")
-            _save_atomic(_train_one(n, progress=bar), _path(n))
+            rec = _train_one(n, progress=bar)
+            atomic_write(_path(n), lambda tmp, rec=rec: torch.save(rec, tmp))
     return todo
 
 
@@ -185,7 +173,8 @@ def record(name: str) -> dict:
 
 
 def _model_from(spec, state_dict) -> nn.Module:
-    m = build_arch(spec["arch"], **_arch_kwargs(spec))
+    with torch.random.fork_rng(devices=[]):  # the initialisation, overwritten below, must not advance the user's RNG
+        m = build_arch(spec["arch"], **_arch_kwargs(spec))
     m.load_state_dict(state_dict)
     m.eval()
     return m

@@ -52,9 +52,17 @@ def train(arch, arch_kwargs=None, optimizer="sgd", lr=0.05, momentum=0.9, batch_
     """Train one model; returns a dict of plain types and tensors (loadable with weights_only=True).
 
     Stops early once the full training loss is <= ``target_loss`` (checked every epoch), so runs
-    trained different ways end at comparable training loss.
+    trained different ways end at comparable training loss. The initialisation is drawn from torch's
+    global RNG seeded with ``seed`` inside :func:`torch.random.fork_rng`: the caller's RNG is untouched.
     """
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _train(arch, arch_kwargs, optimizer, lr, momentum, batch_size, epochs, seed, rho, target_loss,
+                      n_checkpoints, data, test_data, weight_decay, grad_clip, progress)
+
+
+def _train(arch, arch_kwargs, optimizer, lr, momentum, batch_size, epochs, seed, rho, target_loss, n_checkpoints,
+           data, test_data, weight_decay, grad_clip, progress):
     gen = torch.Generator().manual_seed(seed)
     model = build(arch, **(arch_kwargs or {}))
     x, y = data if data is not None else digits("train")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..transfer import finetune_accuracy as _finetune
+from ..transfer import linear_probe_accuracy as _linear_probe
 from .datasets import digits
 
 # target tasks: name -> digits() keyword arguments
@@ -29,15 +31,13 @@ def target_data(target: str, split: str = "train"):
 
 
 def linear_probe_accuracy(model: nn.Module, target: str, seed: int = 0) -> float:
-    from ..transfer import linear_probe_accuracy as lp
-
-    return lp(model, target_data(target, "train"), target_data(target, "test"), seed=seed)
+    return float(_linear_probe(model, target_data(target, "train"), target_data(target, "test"), seed=seed,
+                               progress=False))
 
 
 def finetune_accuracy(model: nn.Module, target: str, epochs: int = 8, lr: float = 3e-3, seed: int = 0) -> float:
-    from ..transfer import finetune_accuracy as ft
-
-    return ft(model, target_data(target, "train"), target_data(target, "test"), epochs=epochs, lr=lr, seed=seed)
+    return float(_finetune(model, target_data(target, "train"), target_data(target, "test"), epochs=epochs, lr=lr,
+                           seed=seed, progress=False))
 
 
 def ground_truth(models: dict, targets=None, seed: int = 0) -> dict:

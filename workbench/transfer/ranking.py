@@ -1,0 +1,258 @@
+"""Ranking models (and layers) for a target task with every metric, and checking the ranking against
+ground-truth accuracies."""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from scipy.stats import kendalltau, pearsonr, weightedtau
+from torch.utils.data import DataLoader
+
+from ..capture import chunks
+from ..data import as_data
+from ..registry import Tags, probe
+from ..testing import hostile_data, hostile_model
+from .features import SOURCE_PROBS, features
+from .geometry import gbc, tmi, transrate
+from .hscore import hscore
+from .lda import etran, sfda
+from .logme import logme
+from .source import leep, nce, nleep
+from .validation import as_array, class_labels, feature_matrix
+
+__all__ = ["METRICS", "EXPERIMENTAL", "rank", "correlate", "bootstrap_score"]
+
+#: name -> f(features (N, D), labels (N,), source_probs (N, Cs) or None) -> float; higher = more transferable
+METRICS: dict[str, Callable[[Any, Any, Any], float]] = {
+    "logme": lambda f, y, p: logme(f, y),
+    "leep": lambda f, y, p: leep(p, y) if p is not None else math.nan,
+    "nce": lambda f, y, p: nce(p, y) if p is not None else math.nan,
+    "hscore": lambda f, y, p: hscore(f, y),
+    "hscore_shrinkage": lambda f, y, p: hscore(f, y, shrinkage=True),
+    "transrate": lambda f, y, p: transrate(f, y),
+    "gbc": lambda f, y, p: gbc(f, y),
+    "sfda": lambda f, y, p: sfda(f, y),
+    "nleep": lambda f, y, p: nleep(f, y),
+    "etran_lda": lambda f, y, p: etran(f, y, part="lda"),
+    "etran_energy": lambda f, y, p: etran(f, y, part="energy"),
+    "tmi": lambda f, y, p: tmi(f, y),
+}
+#: metrics whose estimator is not verified against a reference
+EXPERIMENTAL = {"etran_lda", "etran_energy", "etran", "tmi"}
+
+
+def _split_xy(data: Any) -> tuple[Any, np.ndarray]:
+    if isinstance(data, DataLoader):
+        xs, ys = [], []
+        for xb, yb in data:
+            xs.append(xb)
+            ys.append(yb)
+        return torch.cat(xs), np.concatenate([as_array(v, "labels") for v in ys])
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return data[0], as_array(data[1], "labels").ravel()
+    raise TypeError("target_data: expected an (inputs, labels) pair or a DataLoader of (inputs, labels)")
+
+
+def _metric_names(metrics) -> list[str]:
+    metrics = [m for m in METRICS if m != "nleep"] if metrics is None else list(metrics)
+    base = [m for m in metrics if m != "etran"]
+    if "etran" in metrics:
+        base += [m for m in ("etran_lda", "etran_energy") if m not in base]
+    bad = [m for m in base if m not in METRICS]
+    if bad:
+        raise ValueError(f"metrics: unknown {bad}; choose from {sorted(METRICS) + ['etran']}")
+    return base
+
+
+def _with_etran(ds: xr.Dataset) -> xr.Dataset:
+    """The ETran combination across the zoo: 0.15 minmax(energy) + 0.85 minmax(LDA)."""
+    def mm(v):
+        lo, hi = np.nanmin(v), np.nanmax(v)
+        return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+
+    comb = 0.15 * mm(ds.score.sel(metric="etran_energy").values) + 0.85 * mm(ds.score.sel(metric="etran_lda").values)
+    secs = (ds.seconds.sel(metric="etran_energy") + ds.seconds.sel(metric="etran_lda")).values
+    extra = xr.Dataset({"score": (("model", "layer", "metric"), comb[..., None]),
+                        "seconds": (("model", "layer", "metric"), secs[..., None])},
+                       coords={"model": ds.model.values, "layer": ds.layer.values, "metric": ["etran"]})
+    out = xr.concat([ds, extra], dim="metric")
+    for k in ("score", "seconds"):
+        out[k].attrs = ds[k].attrs
+    return out
+
+
+def _case():
+    x, y = hostile_data(0, 40)
+    return ({"a": hostile_model(0), "b": hostile_model(1)}, (x, y), ["logme", "leep", "hscore"]), {}
+
+
+@probe("transfer.rank", tags=Tags(inputs="models", deterministic=False, uses=("device",)), case=_case)
+def rank(models: dict, target_data: Any, metrics: list[str] | None = None, *,
+         layers: list[str] | dict | None = None, pool: str = "mean", ctx) -> xr.Dataset:
+    """Score every (model, layer) for the target task with every metric of :data:`METRICS`.
+
+    ``models``: dict name -> nn.Module. ``target_data``: an (inputs, labels) pair or a DataLoader of
+    them. ``layers``: None (the penultimate features of each model, labelled ``"penultimate"``), a list
+    of module names for all models, or a dict model name -> list. ``metrics``: names from
+    :data:`METRICS` (default: all but N-LEEP), plus ``"etran"`` (the ETran combination across the zoo:
+    0.15 min-max-normalised energy + 0.85 LDA). LEEP and NCE use the model's own output as the source
+    head (for the last layer listed). Features come from :func:`~workbench.transfer.features` (eval
+    mode). Returns a Dataset over (model, layer, metric): ``score`` and ``seconds`` (the metric's
+    time: the only part that differs between identical calls); attr ``experimental_metrics``.
+
+    >>> import torch
+    >>> from workbench.testing import hostile_data, hostile_model
+    >>> r = rank({"a": hostile_model(0), "b": hostile_model(1)}, hostile_data(), ["logme", "leep"])
+    >>> r.score.dims, r.score.shape
+    (('model', 'layer', 'metric'), (2, 1, 2))
+    """
+    if not isinstance(models, dict) or not models:
+        raise ValueError("models: pass a non-empty dict name -> nn.Module")
+    base = _metric_names(metrics)
+    x, y = _split_xy(target_data)
+    ctx.data = as_data((x, torch.as_tensor(class_labels(y, len(y))[0])))  # fingerprinted in the provenance
+    rows = {}
+    for name, model in ctx.iterate(models.items(), total=len(models), desc="scoring models"):
+        lys = layers.get(name) if isinstance(layers, dict) else layers
+        ds = features(model, chunks(x), lys, pool=pool, return_outputs=True, progress=False, cancel=ctx.cancel,
+                      device=ctx.device)
+        probs = ds[SOURCE_PROBS].values if SOURCE_PROBS in ds else None
+        read = [v for v in ds.data_vars if v != SOURCE_PROBS]
+        for li, lname in enumerate(read):
+            key = lname if lys is not None else "penultimate"
+            src = probs if (lys is None or li == len(read) - 1) else None
+            for met in base:
+                t0 = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    v = METRICS[met](ds[lname].values, y, src)
+                rows[(name, key, met)] = (v, time.perf_counter() - t0)
+    mnames = list(models)
+    lnames = list(dict.fromkeys(k[1] for k in rows))
+    score = np.full((len(mnames), len(lnames), len(base)), np.nan)
+    secs = np.full_like(score, np.nan)
+    for (m, l, met), (v, s) in rows.items():
+        score[mnames.index(m), lnames.index(l), base.index(met)] = v
+        secs[mnames.index(m), lnames.index(l), base.index(met)] = s
+    dims = ("model", "layer", "metric")
+    ds = xr.Dataset({"score": (dims, score, {"long_name": "transferability score"}),
+                     "seconds": (dims, secs, {"long_name": "time of the metric", "units": "s"})},
+                    coords={"model": mnames, "layer": lnames, "metric": base})
+    if "etran" in (metrics or ()):
+        ds = _with_etran(ds)
+    ds.attrs["experimental_metrics"] = ",".join(sorted(EXPERIMENTAL & set(ds.metric.values.tolist())))
+    return ds
+
+
+def _ground_truth(ground_truth: Any, models: list[str]) -> np.ndarray:
+    if isinstance(ground_truth, xr.DataArray):
+        gt = np.array([float(ground_truth.sel(model=m)) for m in models]) if "model" in ground_truth.dims else \
+            ground_truth.values
+    elif isinstance(ground_truth, dict):
+        gt = np.array([float(ground_truth[m]) for m in models])
+    else:
+        gt = np.asarray(ground_truth, float)
+    if gt.shape != (len(models),):
+        raise ValueError(f"ground_truth: expected one value per model ({len(models)}), got shape {gt.shape}")
+    return gt
+
+
+STATS = ("weighted_tau", "kendall_tau", "pearson", "top_k_relative_accuracy")
+
+
+def _agreement(s: np.ndarray, g: np.ndarray, top_k: int) -> dict[str, float]:
+    ok = np.isfinite(s)
+    s, g = s[ok], g[ok]
+    if len(s) < 3 or np.ptp(s) == 0 or np.ptp(g) == 0:
+        return dict.fromkeys(STATS, np.nan)
+    top = np.argsort(-s)[:top_k]
+    return {"weighted_tau": weightedtau(s, g).statistic, "kendall_tau": kendalltau(s, g).statistic,
+            "pearson": pearsonr(s, g).statistic, "top_k_relative_accuracy": g[top].max() / g.max()}
+
+
+def correlate(scores: xr.DataArray, ground_truth: Any, *, n_boot: int = 1000, confidence: float = 0.95,
+              seed: int = 0, top_k: int = 1) -> xr.Dataset:
+    """How well each metric's scores rank the models by their ground-truth accuracy.
+
+    ``scores``: DataArray over (model, metric) (e.g. ``rank(...).score.sel(layer="penultimate")``);
+    ``ground_truth``: DataArray over model, or a dict / sequence aligned with ``scores.model``.
+    Returns a Dataset over ``metric``: ``weighted_tau`` (``scipy.stats.weightedtau``, hyperbolic weights,
+    the literature's protocol), ``kendall_tau``, ``pearson``, ``top_k_relative_accuracy`` (best true
+    accuracy among the top-k scored models over the best overall), each with bootstrap (over models,
+    ``n_boot`` draws from ``seed``) confidence intervals ``*_low`` / ``*_high``.
+
+    >>> import xarray as xr
+    >>> s = xr.DataArray([[1.0], [2.0], [3.0], [4.0]], dims=("model", "metric"),
+    ...                  coords={"model": list("abcd"), "metric": ["logme"]})
+    >>> float(correlate(s, [0.5, 0.6, 0.7, 0.9], n_boot=20).kendall_tau.sel(metric="logme"))
+    1.0
+    """
+    models = [str(m) for m in scores.model.values]
+    gt = _ground_truth(ground_truth, models)
+    rng = np.random.default_rng(seed)
+    mets = [str(m) for m in scores.metric.values]
+    stats = {k: np.full(len(mets), np.nan) for k in STATS}
+    lo = {k: np.full(len(mets), np.nan) for k in STATS}
+    hi = {k: np.full(len(mets), np.nan) for k in STATS}
+    a = (1 - confidence) / 2
+    for i, met in enumerate(mets):
+        s = scores.sel(metric=met).values.astype(float)
+        for k, v in _agreement(s, gt, top_k).items():
+            stats[k][i] = v
+        boots = {k: [] for k in STATS}
+        for _ in range(n_boot):
+            idx = rng.integers(0, len(gt), len(gt))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                r = _agreement(s[idx], gt[idx], top_k)
+            for k, v in r.items():
+                boots[k].append(v)
+        for k in STATS:
+            b = np.asarray(boots[k], float)
+            b = b[np.isfinite(b)]
+            if b.size:
+                lo[k][i], hi[k][i] = np.quantile(b, [a, 1 - a])
+    data = {}
+    for k in STATS:
+        data[k] = ("metric", stats[k])
+        data[f"{k}_low"] = ("metric", lo[k])
+        data[f"{k}_high"] = ("metric", hi[k])
+    ds = xr.Dataset(data, coords={"metric": mets})
+    ds.attrs.update(n_models=len(models), n_boot=int(n_boot), confidence=float(confidence))
+    return ds
+
+
+def bootstrap_score(metric: str | Callable, features: Any, labels: Any, *, n_boot: int = 200,
+                    confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """``(score, low, high)``: a metric's value on all samples and its bootstrap interval over target
+    samples (``n_boot`` resamples from ``seed``; resamples with one class are skipped). ``metric``: a
+    name in :data:`METRICS` or a function ``f(features, labels)``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 2, 40)
+    >>> v, lo, hi = bootstrap_score("logme", np.eye(2)[y] + rng.normal(size=(40, 2)), y, n_boot=20)
+    >>> lo <= v <= hi
+    True
+    """
+    F = feature_matrix(features)
+    y, _ = class_labels(labels, F.shape[0])
+    fn = METRICS[metric] if isinstance(metric, str) else metric
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        if len(np.unique(y[idx])) < 2:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            vals.append(fn(F[idx], y[idx], None) if isinstance(metric, str) else fn(F[idx], y[idx]))
+    a = (1 - confidence) / 2
+    v0 = fn(F, y, None) if isinstance(metric, str) else fn(F, y)
+    lo, hi = np.quantile(vals, [a, 1 - a])
+    return float(v0), float(lo), float(hi)
