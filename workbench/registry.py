@@ -327,8 +327,7 @@ def probe(name: str, *, case: Callable | None = None, tags: Tags | None = None):
             if "device" in tags.uses:
                 recorded["device"] = None if tail["device"] is None else str(tail["device"])
             recorded.update(ctx.extra_params)
-            attrs = provenance(name, recorded, mods[0] if len(mods) == 1 or "models" not in arguments else None,
-                               ctx.data, ctx.seed if tags.stochastic else None, time.perf_counter() - t0)
+            attrs = provenance(name, recorded, _subject_model(arguments), ctx.data, ctx.seed if tags.stochastic else None, time.perf_counter() - t0)
             if isinstance(arguments.get("model_b"), nn.Module):
                 from .results import model_fingerprint
 
@@ -343,6 +342,15 @@ def probe(name: str, *, case: Callable | None = None, tags: Tags | None = None):
         return wrapper
 
     return deco
+
+
+def _subject_model(arguments: dict) -> nn.Module | None:
+    """The model a result is about (its fingerprint is recorded): ``model``, ``model_a``, or ``models`` when
+    it is a single module; None for a list or dict of models."""
+    for k in ("model", "model_a", "models"):
+        if isinstance(arguments.get(k), nn.Module):
+            return arguments[k]
+    return None
 
 
 def _describe(v):
