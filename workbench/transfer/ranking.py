@@ -92,7 +92,7 @@ def _case():
     return ({"a": hostile_model(0), "b": hostile_model(1)}, (x, y), ["logme", "leep", "hscore"]), {}
 
 
-@probe("transfer.rank", tags=Tags(inputs="models", deterministic=False, uses=("device",)), case=_case)
+@probe("transfer.rank", tags=Tags(inputs="models", uses=("device",)), case=_case)
 def rank(models: dict, target_data: Any, metrics: list[str] | None = None, *,
          layers: list[str] | dict | None = None, pool: str = "mean", ctx) -> xr.Dataset:
     """Score every (model, layer) for the target task with every metric of :data:`METRICS`.
