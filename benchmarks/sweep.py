@@ -3,6 +3,7 @@ then as a sweep on a 2-worker dask LocalCluster (cluster start included), side b
 Prints both wall times and the speed-up.
 Run: .venv/bin/python benchmarks/sweep.py
 """
+
 import shutil
 import tempfile
 import time
@@ -28,7 +29,9 @@ def main():
         ok = sum(r["status"] == "ok" for r in res["results"])
         print(f"8 landscape reports (steps={BASE['steps']}, seeds={BASE['seeds']}):")
         print(f"  serial (one process, papermill)         {serial:7.1f} s")
-        print(f"  dask LocalCluster, 2 workers ({ok}/8 ok)  {parallel:7.1f} s (cluster start and concatenation included)")
+        print(
+            f"  dask LocalCluster, 2 workers ({ok}/8 ok)  {parallel:7.1f} s (cluster start and concatenation included)"
+        )
         print(f"  speed-up {serial / parallel:.2f}x on {__import__('os').cpu_count()} cores")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,5 +1,6 @@
 """The exploratory notebooks, executed top to bottom by papermill with small parameters on the
 project's kernel. A cell error fails the test; outputs are checked for figures and no tracebacks."""
+
 import json
 from pathlib import Path
 
@@ -20,8 +21,9 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_notebook_runs_and_draws(name, tmp_path, zoo_built):
     out = tmp_path / name
-    nb = pm.execute_notebook(str(NB / name), str(out), parameters=CASES[name], kernel_name="workbench",
-                             cwd=str(tmp_path), progress_bar=False)
+    nb = pm.execute_notebook(
+        str(NB / name), str(out), parameters=CASES[name], kernel_name="workbench", cwd=str(tmp_path), progress_bar=False
+    )
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     figs = [o for o in outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
@@ -37,4 +39,6 @@ def test_every_notebook_has_a_parameters_cell_and_the_project_kernel():
         nb = json.loads(path.read_text())
         assert nb["metadata"]["kernelspec"]["name"] == "workbench", path
         assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"]), path
-        assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), f"{path} is committed with outputs"
+        assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), (
+            f"{path} is committed with outputs"
+        )

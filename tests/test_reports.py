@@ -21,9 +21,22 @@ def test_every_report_has_a_small_case():
     assert set(reports.available()) == set(SMALL)
 
 
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory, zoo_built):
+    """Each report run once with its small parameters (several tests read the same run)."""
+    done = {}
+
+    def run(name):
+        if name not in done:
+            done[name] = reports.run_report(name, SMALL[name], tmp_path_factory.mktemp(name))
+        return done[name]
+
+    return run
+
+
 @pytest.mark.parametrize("name", sorted(SMALL))
-def test_report_executes_and_writes_offline_html_and_netcdf(name, tmp_path, zoo_built):
-    r = reports.run_report(name, SMALL[name], tmp_path)
+def test_report_executes_and_writes_offline_html_and_netcdf(name, executed, zoo_built):
+    r = executed(name)
     html = open(r["html"], encoding="utf-8").read()
     assert not re.search(r"""<(script|link|img|iframe)[^>]+(src|href)=["']https?://""", html), "external resource"
     assert html.count('class="plotly-graph-div"') >= 1 and "Plotly.newPlot" in html
@@ -38,6 +51,16 @@ def test_report_executes_and_writes_offline_html_and_netcdf(name, tmp_path, zoo_
         x, y = zoo_built.data("train")
         ev = wb.evaluate(zoo_built.load("mlp-sgd-large-s0"), torch.nn.CrossEntropyLoss(), (x[:300], y[:300]))
         assert float(ds.loss) == float(ev.loss)
+    if name != "transferability":  # every headline number beside its range over the model's zoo family
+        family = reports.family(reports.parameters(name)["model"].strip("\"'"))
+        assert "range over the " + f"{len(family)} " in html and "rank among them" in html
+        refs = [v for v in ds.data_vars if v.startswith("zoo_")]
+        assert refs and all(ds[v].sizes["zoo_model"] == len(family) for v in refs)
+        own = refs[0].removeprefix("zoo_")
+        if own in ds:
+            assert float(ds[refs[0]].sel(zoo_model=reports.parameters(name)["model"].strip("\"'"))) == float(ds[own])
+    else:
+        assert "chance: 95% range" in html and "chance_tau_high" in ds
 
 
 def test_failing_report_names_the_cell_and_keeps_the_partial_notebook(tmp_path):
@@ -77,8 +100,48 @@ def test_sweep_isolates_failures_resumes_and_concatenates(tmp_path, zoo_built):
     ds = wb.load(res["dataset"])
     assert list(ds.model.values) == ["mlp-sam-s0", "mlp-sgd-large-s0"]
     assert ds.loss_rise.dims == ("model",) and float(ds.loss_rise.sel(model="mlp-sgd-large-s0")) > float(
-        ds.loss_rise.sel(model="mlp-sam-s0"))
+        ds.loss_rise.sel(model="mlp-sam-s0")
+    )
     assert open(res["summary"]).read().count("plotly-graph-div") >= 1
     again = reports.sweep("landscape", grid, tmp_path, base=base, workers=1, progress=False)
     status = {r["params"]["model"]: r["status"] for r in again["results"]}
     assert status["mlp-sam-s0"].startswith("skipped") and status["no-such-model"] == "failed"
+
+
+def _plotly_figures(ipynb):
+    import nbformat
+
+    nb = nbformat.read(ipynb, as_version=4)
+    return [
+        o["data"]["application/vnd.plotly.v1+json"]
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if "application/vnd.plotly.v1+json" in o.get("data", {})
+    ]
+
+
+def _array(v):
+    """A plotly JSON array: a list or a base64 typed array {"dtype", "bdata"}."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+    return np.asarray(v)
+
+
+def test_overview_report_draws_eigenvalues_on_integer_ranks(executed):
+    r = executed("model_report")
+    eig = [f for f in _plotly_figures(r["ipynb"]) if "eigenvalue" in f["layout"]["title"]["text"].lower()]
+    assert len(eig) == 1
+    f = eig[0]
+    ax = f["layout"]["xaxis"]
+    assert ax["dtick"] == 1 and ax["tickmode"] == "linear" and ax.get("tickformat") == "d"  # no tick at 0.5
+    for t in f["data"]:
+        x = _array(t["x"])
+        assert x.dtype.kind in "iu" and t["mode"] == "markers", t  # ranks are integers, not a line over them
+    mine = f["data"][-1]
+    assert mine["error_y"]["visible"] and "Ritz" in f["layout"]["title"]["text"]
+    assert len(f["data"]) == 1 + len(reports.family("mlp-sgd-large-s0")) - 1  # the model and its zoo family

@@ -1,4 +1,5 @@
 """Command line: ``workbench list | report | sweep | zoo``."""
+
 from __future__ import annotations
 
 import argparse
@@ -60,11 +61,13 @@ def main(argv=None) -> int:
                 if "=" not in g:
                     raise reports.ReportError(f"--grid: expected KEY=V1,V2,..., got {g!r}")
                 k, vals = g.split("=", 1)
-                grid[k] = [reports._literal(v) for v in vals.split(",")]
+                grid[k] = [reports.literal(v) for v in vals.split(",")]
             res = reports.sweep(a.name, grid, a.out, base=_kv(a.parameter), workers=a.workers, scheduler=a.scheduler)
             failed = [r for r in res["results"] if r["status"] == "failed"]
-            print(f"sweep: {len(res['results']) - len(failed)} of {len(res['results'])} points complete; "
-                  f"results {res['dataset']}; summary {res['summary']}")
+            print(
+                f"sweep: {len(res['results']) - len(failed)} of {len(res['results'])} points complete; "
+                f"results {res['dataset']}; summary {res['summary']}"
+            )
             return 1 if failed else 0
         if a.cmd == "zoo":
             from .zoo import build, summary

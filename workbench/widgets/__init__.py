@@ -1,12 +1,22 @@
 """Interactive explorers (ipywidgets + plotly FigureWidget) over the probes.
 
-Each explorer is a thin layer: controls call a probe (in a background thread, cancellable with
-the Stop button), and the figure updates in place. ``background=False`` runs synchronously
-(tests, scripts).
+Every explorer is an :class:`Explorer`: controls start a probe in a background job (one at a time,
+cancellable with the Stop button, with a progress bar, a status line and an error display) and the
+figure, drawn by the matching :mod:`workbench.plots` function, updates in place. ``background=False``
+runs synchronously (tests, scripts).
 """
+
 from .attention import AttentionExplorer
+from .explorer import Explorer, update_figure
 from .landscape import LandscapeExplorer
 from .sharpness import SharpnessExplorer
 from .transfer import TransferExplorer
 
-__all__ = ["LandscapeExplorer", "SharpnessExplorer", "AttentionExplorer", "TransferExplorer"]
+__all__ = [
+    "Explorer",
+    "update_figure",
+    "LandscapeExplorer",
+    "SharpnessExplorer",
+    "AttentionExplorer",
+    "TransferExplorer",
+]

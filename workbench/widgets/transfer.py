@@ -1,55 +1,87 @@
-"""Transferability explorer: choose a target and a metric; the score-vs-accuracy figure and the tau
-update in place. It reads results of :func:`workbench.transfer.rank` (no recomputation)."""
+"""Transferability explorer: choose a target and a metric; the score-vs-accuracy figure
+(:func:`workbench.plots.score_vs_accuracy`) and the weighted-tau table update in place. It reads
+results of :func:`workbench.transfer.rank` (no features are recomputed)."""
+
 from __future__ import annotations
+
+import html
 
 import ipywidgets as W
 import numpy as np
-import plotly.graph_objects as go
+import xarray as xr
 
+from .. import plots
 from ..transfer import correlate
+from .explorer import Explorer
 
 
-class TransferExplorer:
-    """``ranked``: dict target -> Dataset from ``rank``; ``accuracy``: DataArray over (model, target)."""
+class TransferExplorer(Explorer):
+    """``ranked``: dict target -> Dataset from :func:`workbench.transfer.rank`; ``accuracy``: the
+    ground truth, a DataArray over (model, target).
 
-    def __init__(self, ranked: dict, accuracy, *, layer: str = "penultimate", n_boot: int = 200):
+    >>> import numpy as np, xarray as xr
+    >>> coords = {"model": list("abcd"), "metric": ["logme", "hscore"], "layer": ["penultimate"]}
+    >>> scores = np.arange(8.0).reshape(4, 2, 1)
+    >>> ranked = {"t": xr.Dataset({"score": (("model", "metric", "layer"), scores)}, coords=coords)}
+    >>> acc = xr.DataArray([[0.1], [0.2], [0.3], [0.4]], dims=("model", "target"),
+    ...                    coords={"model": list("abcd"), "target": ["t"]})
+    >>> ex = TransferExplorer(ranked, acc, n_boot=10, background=False)
+    >>> ex.fig.layout.title.text
+    't, logme: weighted tau 1.00 [1.00, 1.00]'
+    """
+
+    def __init__(
+        self,
+        ranked: dict,
+        accuracy: xr.DataArray,
+        *,
+        layer: str = "penultimate",
+        n_boot: int = 200,
+        background: bool = True,
+    ):
         if not ranked:
             raise ValueError("ranked: pass a non-empty dict target -> rank(...) result")
+        super().__init__(background=background)
         self.ranked, self.accuracy, self.layer, self.n_boot = ranked, accuracy, layer, n_boot
-        first = next(iter(ranked.values()))
+        metrics = [str(m) for m in next(iter(ranked.values())).metric.values]
         self.target = W.Dropdown(options=list(ranked), description="target")
-        self.metric = W.Dropdown(options=[str(m) for m in first.metric.values], value="logme"
-                                 if "logme" in first.metric.values else str(first.metric.values[0]), description="metric")
-        self.fig = go.FigureWidget(go.Scatter(x=[], y=[], mode="markers+text", textposition="top center",
-                                              marker=dict(size=10)))
-        self.fig.update_layout(template="plotly_white", xaxis_title="score", yaxis_title="fine-tuned accuracy",
-                               height=460)
+        self.metric = W.Dropdown(
+            options=metrics, value="logme" if "logme" in metrics else metrics[0], description="metric"
+        )
         self.table = W.HTML()
-        for w in (self.target, self.metric):
-            w.observe(lambda _: self.refresh(), names="value")
-        self.widget = W.VBox([W.HBox([self.target, self.metric]), self.table, self.fig])
-        self.refresh()
+        self.fig = self.figure(height=460, title="score vs fine-tuned accuracy")
+        self._tau: dict = {}
+        self.assemble([[self.target, self.metric], [self.table]], [self.fig], watch=[self.target, self.metric])
 
-    def _ipython_display_(self):
-        from IPython.display import display
+    def refresh(self) -> None:
+        target, met = self.target.value, self.metric.value
 
-        display(self.widget)
-
-    def refresh(self):
-        ds = self.ranked[self.target.value]
-        scores = ds.score.sel(layer=self.layer)
-        acc = self.accuracy.sel(target=self.target.value)
-        c = correlate(scores, acc, n_boot=self.n_boot)
-        met = self.metric.value
-        s = scores.sel(metric=met)
-        models = [str(m) for m in s.model.values]
-        with self.fig.batch_update():
-            tr = self.fig.data[0]
-            tr.x, tr.y, tr.text = s.values, [float(acc.sel(model=m)) for m in models], models
+        def work(cancel):
+            ds = self.ranked[target]
+            scores = ds.score.sel(layer=self.layer)
+            acc = self.accuracy.sel(target=target)
+            if target not in self._tau:  # bootstrap intervals: once per target
+                self._tau[target] = correlate(scores, acc, n_boot=self.n_boot)
+            c = self._tau[target]
+            self.result = c
             w = float(c.weighted_tau.sel(metric=met))
             lo, hi = float(c.weighted_tau_low.sel(metric=met)), float(c.weighted_tau_high.sel(metric=met))
-            self.fig.layout.title.text = f"{self.target.value}, {met}: weighted tau {w:.2f} [{lo:.2f}, {hi:.2f}]"
-        order = np.argsort(-np.nan_to_num(c.weighted_tau.values, nan=-9))
-        rows = "".join(f"<tr><td>{c.metric.values[i]}</td><td>{c.weighted_tau.values[i]:.2f}</td>"
-                       f"<td>[{c.weighted_tau_low.values[i]:.2f}, {c.weighted_tau_high.values[i]:.2f}]</td></tr>" for i in order)
-        self.table.value = f"<table><tr><th>metric</th><th>weighted tau</th><th>95% CI</th></tr>{rows}</table>"
+            title = f"{target}, {met}: weighted tau {w:.2f} [{lo:.2f}, {hi:.2f}]"
+            self.draw(self.fig, plots.score_vs_accuracy(scores.sel(metric=met), acc, tau=w, title=title), height=460)
+            self.table.value = _tau_table(c)
+            self.status.value = f"{target}, {met}"
+
+        self.run(work, "weighted tau")
+
+
+def _tau_table(c: xr.Dataset) -> str:
+    order = np.argsort(-np.nan_to_num(c.weighted_tau.values, nan=-9))
+    rows = "".join(
+        f"<tr><td>{html.escape(str(c.metric.values[i]))}</td><td>{c.weighted_tau.values[i]:.2f}</td>"
+        f"<td>[{c.weighted_tau_low.values[i]:.2f}, {c.weighted_tau_high.values[i]:.2f}]</td></tr>"
+        for i in order
+    )
+    return (
+        "<table><tr><th>metric</th><th>weighted tau (1: perfect ranking, 0: random)</th><th>95% CI</th></tr>"
+        f"{rows}</table>"
+    )

@@ -1,0 +1,174 @@
+"""Sweeps: one report over every combination of a parameter grid, on dask.distributed.
+
+Each point is an isolated papermill run (one failure does not stop the others); completed points
+are skipped on a re-run (resume); the results are concatenated along the swept dimensions into one
+netCDF Dataset with an HTML summary page.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+from ..results import atomic_write, load, save
+from .runner import REPORT_ENV, ReportError, check_params, run_report
+
+
+def grid_points(grid: dict) -> list[dict]:
+    """Every combination of ``grid`` (key -> list of values), in order.
+
+    >>> grid_points({"a": [1, 2], "b": ["x"]})
+    [{'a': 1, 'b': 'x'}, {'a': 2, 'b': 'x'}]
+    """
+    keys = list(grid)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
+
+
+def point_stem(name: str, combo: dict) -> str:
+    """The file stem of one sweep point.
+
+    >>> point_stem("landscape", {"model": "mlp-sam-s0", "span": 0.5})
+    'landscape__model-mlp-sam-s0__span-0.5'
+    """
+
+    def clean(v):
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", str(v)).strip("-")
+
+    return name + "".join(f"__{k}-{clean(v)}" for k, v in combo.items())
+
+
+def run_point(name: str, params: dict, out: str, stem: str) -> dict:
+    """Run one sweep point in isolation; never raises (the error is returned)."""
+    done = Path(out) / f"{stem}.done"
+    if done.exists():
+        return {"stem": stem, "status": "skipped (already complete)"}
+    try:
+        r = run_report(name, params, out, stem=stem)
+        done.write_text(json.dumps(r))
+        return {"stem": stem, "status": "ok", **r}
+    except Exception as e:  # isolated: report it, keep going
+        return {"stem": stem, "status": "failed", "error": str(e).splitlines()[0]}
+
+
+def sweep(
+    name: str,
+    grid: dict,
+    out: str | Path = "reports/sweep",
+    *,
+    base: dict | None = None,
+    workers: int = 2,
+    scheduler: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run report ``name`` for every combination of ``grid`` (dict key -> list of values) on dask.distributed.
+
+    A LocalCluster of ``workers`` single-threaded processes by default, or an existing cluster at
+    ``scheduler``. Completed points are skipped on a re-run (resume). ``progress``: a line per
+    finished point. Returns {"results": [...], "dataset": path of the concatenated .nc or None,
+    "summary": path of the HTML page or None}.
+    """
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    if not grid or any(not isinstance(v, (list, tuple)) or not v for v in grid.values()):
+        raise ReportError("grid: expected a dict parameter -> non-empty list of values")
+    for k in grid:
+        check_params(name, {k: grid[k][0]})
+    if base:
+        check_params(name, base)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(dict(base or {}, **c), point_stem(name, c), c) for c in grid_points(grid)]
+    results = []
+    if scheduler:
+        client, cluster = Client(scheduler), None
+    else:
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, env=dict(REPORT_ENV)
+        )
+        client = Client(cluster)
+    try:
+        futs = {client.submit(run_point, name, p, str(out.resolve()), s, pure=False): c for p, s, c in jobs}
+        for f in as_completed(futs):
+            r = f.result()
+            r["params"] = futs[f]
+            results.append(r)
+            if progress:
+                err = f" - {r['error']}" if r.get("error") else ""
+                print(f"[{len(results)}/{len(jobs)}] {r['stem']}: {r['status']}{err}", flush=True)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    ds_path, summary = concatenate(name, grid, jobs, out)
+    return {"results": results, "dataset": ds_path, "summary": summary}
+
+
+def concatenate(name: str, grid: dict, jobs: list, out: Path) -> tuple[str | None, str | None]:
+    """The completed points' results along the swept dimensions: (path of the .nc, path of the summary page)."""
+    import xarray as xr
+
+    parts = []
+    for _, stem, combo in jobs:
+        p = out / f"{stem}.nc"
+        if not (out / f"{stem}.done").exists() or not p.exists():
+            continue
+        ds = load(p)
+        ds = ds.to_dataset(name=ds.name or "result") if isinstance(ds, xr.DataArray) else ds
+        parts.append(ds.expand_dims({k: [v] for k, v in combo.items()}))
+    if not parts:
+        return None, None
+    # the other dims (e.g. a model's zoo family) aligned first: only the swept dims are concatenated
+    parts = xr.align(*parts, join="outer", exclude=list(grid))
+    merged = xr.combine_by_coords(parts, join="outer", combine_attrs="drop_conflicts", data_vars="all")
+    merged.attrs = {k: v for k, v in merged.attrs.items() if isinstance(v, (str, int, float))}
+    merged.attrs.update(report=name, swept=",".join(grid))
+    path = save(merged, out / f"{name}__sweep.nc")
+    return str(path), str(summary_page(merged, list(grid), out / f"{name}__sweep.html"))
+
+
+def summary_page(ds, dims: list[str], path: str | Path) -> Path:
+    """One figure per scalar quantity (a variable whose only dims are the swept ones) over the first
+    swept dim: a line over a numeric dim, markers over a categorical one (model names)."""
+    import plotly.graph_objects as go
+
+    from ..plots.common import categorical
+
+    figs = []
+    x = dims[0]
+    xs, cat = categorical(ds[x].values)
+    for v in ds.data_vars:
+        da = ds[v]
+        if not (set(da.dims) <= set(dims) and da.dtype.kind in "fiub" and x in da.dims):
+            continue
+        fig = go.Figure()
+        other = [d for d in da.dims if d != x]
+        series = (
+            [
+                (", ".join(f"{o}={s[o].item()}" for o in other), s)
+                for s in (da.stack(_run=other).isel(_run=i) for i in range(da.stack(_run=other).sizes["_run"]))
+            ]
+            if other
+            else [(v, da)]
+        )
+        for label, s in series:
+            fig.add_scatter(x=xs, y=s.transpose(x).values, mode="markers" if cat else "lines+markers", name=label)
+        units = da.attrs.get("units", "")
+        fig.update_layout(
+            title=f"{da.attrs.get('long_name', v)} over {x}",
+            xaxis_title=x,
+            yaxis_title=f"{v} ({units})" if units else v,
+            template="plotly_white",
+            height=320,
+            xaxis_type="category" if cat else None,
+        )
+        figs.append(fig)
+    parts = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
+    html = (
+        "<html><head><meta charset='utf-8'><title>sweep summary</title></head><body style='font-family:sans-serif'>"
+        f"<h1>Sweep summary: {ds.attrs.get('report', '')}</h1><p>swept: {', '.join(dims)}</p>"
+        + ("".join(parts) or "<p>no scalar results to plot</p>")
+        + "</body></html>"
+    )
+    return atomic_write(Path(path), lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
