@@ -79,7 +79,7 @@ def weighted_mean_se(v: np.ndarray, w: np.ndarray) -> tuple[float, float]:
     ``se^2 = sum w_i^2 * sum w_i (v_i - mean)^2 / (1 - sum w_i^2)`` with ``w`` normalised to sum 1.
 
     >>> import numpy as np
-    >>> from workbench.sharpness import weighted_mean_se
+    >>> from workbench.sharpness.ball import weighted_mean_se
     >>> weighted_mean_se(np.array([1.0, 3.0]), np.array([1.0, 1.0]))
     (2.0, 1.0)
     """
@@ -97,7 +97,7 @@ def batch_rises(obj: Objective, delta: torch.Tensor, data: Data | None = None) -
 
     >>> import torch
     >>> from workbench.objective import Objective
-    >>> from workbench.sharpness import batch_rises
+    >>> from workbench.sharpness.ball import batch_rises
     >>> m = torch.nn.Linear(1, 1, bias=False)
     >>> obj = Objective(m, lambda out, y: out.mean(), [(torch.ones(2, 1), torch.zeros(2))] * 2)
     >>> batch_rises(obj, torch.tensor([0.5]))       # the same rise in both batches: no spread
@@ -115,7 +115,7 @@ def batch_rises(obj: Objective, delta: torch.Tensor, data: Data | None = None) -
 def radii(rho: float | ArrayLike) -> tuple[np.ndarray, bool]:
     """(radii as a 1-D float array, whether ``rho`` was a scalar); refuses negative or non-finite radii.
 
-    >>> from workbench.sharpness import radii
+    >>> from workbench.sharpness.ball import radii
     >>> radii(0.05), radii([0.0, 0.1])[0].tolist()
     ((array([0.05]), True), [0.0, 0.1])
     """
@@ -131,7 +131,7 @@ def m_subsets(obj: Objective, m: int | None, seed: int) -> list[Data] | None:
 
     >>> import torch
     >>> from workbench.objective import Objective
-    >>> from workbench.sharpness import m_subsets
+    >>> from workbench.sharpness.ball import m_subsets
     >>> obj = Objective(torch.nn.Linear(1, 1), torch.nn.MSELoss(), (torch.zeros(7, 1), torch.zeros(7, 1)))
     >>> [s.n for s in m_subsets(obj, 3, seed=0)]          # the 7th sample is left out
     [3, 3]
@@ -150,7 +150,7 @@ def rho_result(name: str, long_name: str, rhos: np.ndarray, values: ArrayLike, e
     one over ``rho`` (coordinate ``stderr`` over ``rho``); units nats, ``extra`` in attrs.
 
     >>> import numpy as np
-    >>> from workbench.sharpness import rho_result
+    >>> from workbench.sharpness.ball import rho_result
     >>> float(rho_result("s", "sharpness", np.array([0.1]), [0.5], [0.01], scalar=True).stderr)
     0.01
     """
