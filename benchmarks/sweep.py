@@ -12,7 +12,7 @@ from pathlib import Path
 from workbench import reports, zoo
 
 MODELS = [f"mlp-{r}-s{s}" for r in ("sgd-small", "sgd-large", "sam") for s in (0, 1, 2)][:8]
-BASE = dict(steps=9, seeds=2)
+BASE = dict(steps=9, seeds=2, reference=False)  # the sweep itself, without the zoo-family reference
 
 
 def main():

@@ -154,6 +154,10 @@ def test_a_new_run_cancels_the_one_in_flight_and_progress_moves():
     ex.wait(60)
     assert not first.is_alive() and ex.result.loss.shape == (5, 5) and ex.bar.value == 1
     assert ex.last_error is None
+    ex.result = None
+    ex.start.click()  # Run: recompute from the controls
+    ex.wait(60)
+    assert ex.result.loss.shape == (5, 5) and "5 x 5 grid" in ex.status.value
 
 
 def test_update_figure_keeps_traces_of_the_same_type_and_replaces_the_rest():

@@ -58,22 +58,18 @@ class AttentionExplorer(Explorer):
 
     def refresh(self) -> None:
         """Compute the statistics of every head, draw the heatmap and the selected head's map."""
-        layer, head = self.selected
-        ex = self.example.value
+        self.stats = None
+        self.show_head(*self.selected)
 
-        def work(cancel):
-            self.stats = A.attention_stats(self.model, self.inputs, **self.probe_kw(cancel), **self.kw)
-            n_col = int(A.detect_collapse(self.stats).sum())
-            self.summary.value = (
-                f"{self.stats.sizes['layer']} layers x {self.stats.sizes['head']} heads, capture: "
-                f"{self.stats.attrs.get('capture', '?')}; collapsed heads (normalised entropy "
-                f"&lt; 0.1): {n_col}"
-            )
-            self.draw_heads()
-            self.head_fig.data[0].on_click(self._clicked)
-            self._draw_map(layer, head, ex, cancel)
-
-        self.run(work, "attention statistics")
+    def _statistics(self, cancel) -> None:
+        self.stats = A.attention_stats(self.model, self.inputs, **self.probe_kw(cancel), **self.kw)
+        n_col = int(A.detect_collapse(self.stats).sum())
+        self.summary.value = (
+            f"{self.stats.sizes['layer']} layers x {self.stats.sizes['head']} heads, capture: "
+            f"{self.stats.attrs.get('capture', '?')}; collapsed heads (normalised entropy &lt; 0.1): {n_col}"
+        )
+        self.draw_heads()
+        self.head_fig.data[0].on_click(self._clicked)
 
     def draw_heads(self) -> None:
         """Draw the heatmap of the chosen statistic."""
@@ -92,7 +88,13 @@ class AttentionExplorer(Explorer):
         """Show the attention map of ``head`` in ``layer`` for the chosen example."""
         self.selected = (layer, head)
         ex = self.example.value
-        self.run(lambda cancel: self._draw_map(layer, head, ex, cancel), f"attention map: layer {layer}, head {head}")
+
+        def work(cancel):
+            if self.stats is None:  # the first job, or one that a click cancelled before it finished
+                self._statistics(cancel)
+            self._draw_map(layer, head, ex, cancel)
+
+        self.run(work, f"attention map: layer {layer}, head {head}")
 
     def _draw_map(self, layer, head, ex, cancel):
         att = A.attention_map(self.model, self.inputs, layer=layer, example=ex, **self.probe_kw(cancel), **self.kw)

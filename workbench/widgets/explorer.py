@@ -63,8 +63,8 @@ def update_figure(widget: go.FigureWidget, fig: go.Figure) -> go.FigureWidget:
 
 
 class Explorer:
-    """Base class of the explorers: a panel of controls, a Stop button, a progress bar, a status line,
-    an error display and figures, with one cancellable background job at a time.
+    """Base class of the explorers: a panel of controls, Run and Stop buttons, a progress bar, a status
+    line, an error display and figures, with one cancellable background job at a time.
 
     Subclasses build their controls and figures, call :meth:`assemble` once, and implement
     :meth:`refresh` (usually ``self.run(work)``, where ``work(cancel)`` calls probes with
@@ -91,6 +91,13 @@ class Explorer:
         self.bar = W.FloatProgress(value=0, min=0, max=1, layout=W.Layout(width="200px"))
         self.stop = W.Button(description="Stop", icon="stop", button_style="warning", layout=W.Layout(width="80px"))
         self.stop.on_click(lambda _: self.cancel())
+        self.start = W.Button(
+            description="Run",
+            icon="play",
+            layout=W.Layout(width="80px"),
+            tooltip="recompute from the controls (after Stop)",
+        )
+        self.start.on_click(lambda _: self.refresh())
         self.last_error: str | None = None
         self.result = None
         self.widget: W.VBox | None = None
@@ -137,8 +144,8 @@ class Explorer:
         return self.widget
 
     def controls(self) -> W.HBox:
-        """The Stop button, progress bar and status line."""
-        return W.HBox([self.stop, self.bar, self.status])
+        """The Run and Stop buttons, progress bar and status line."""
+        return W.HBox([self.start, self.stop, self.bar, self.status])
 
     # -- the job --------------------------------------------------------------------------------
     def progress(self, done: int, total: int) -> None:

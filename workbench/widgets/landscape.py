@@ -7,6 +7,8 @@ redraws without recomputing.
 
 from __future__ import annotations
 
+import threading
+
 import ipywidgets as W
 from torch import nn
 
@@ -65,15 +67,15 @@ class LandscapeExplorer(Explorer):
             watch=[self.kind, self.norm, self.span, self.steps, self.seed],
         )
 
-    def directions(self, cancel=None):
+    def directions(self, cancel: threading.Event | None = None):
         """The directions of the chosen kind: None (random, drawn by the probe), the PCA Dataset, or
-        the top-2 Hessian eigenvectors (each computed once)."""
+        the top-2 Hessian eigenvectors (each computed once, within the job of ``cancel``)."""
         kind = self.kind.value
         if kind == "random":
             return None
         if kind not in self._directions_cache:
             if kind == "pca":
-                self._directions_cache[kind] = landscape.pca_directions(self.checkpoints, progress=False)
+                self._directions_cache[kind] = landscape.pca_directions(self.checkpoints, **self.probe_kw(cancel))
             else:
                 r = hessian_eigenvalues(
                     self.model, self.loss_fn, self.data, k=2, return_eigenvectors=True, **self.probe_kw(cancel)

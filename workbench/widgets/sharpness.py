@@ -85,6 +85,8 @@ class SharpnessExplorer(Explorer):
         """Recompute the sharpness curves, and with ``curvature`` the eigenvalues and densities."""
         rhos = np.linspace(0, self.rho_max.value, 6)
         adaptive = self.adaptive.value
+        # a curvature job cancelled by a rho change before it finished is redone
+        curvature = curvature or len(self.densities) < len(self.models)
 
         def work(cancel):
             labels = list(self.models)
