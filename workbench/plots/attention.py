@@ -21,6 +21,7 @@ def heatmap(stats, variable: str = "entropy", title: str | None = None) -> go.Fi
     """
     da = stats[variable] if isinstance(stats, xr.Dataset) else stats
     units = da.attrs.get("units", "")
+    units = "" if units == "1" else units  # dimensionless: no unit label
     fig = go.Figure(
         go.Heatmap(
             z=da.values,

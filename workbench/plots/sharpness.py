@@ -72,7 +72,7 @@ def eigenvalues(results, title: str | None = None, reference: dict | None = None
     if log is None:
         log = k > 10 and allv.size > 0 and bool(np.all(allv > 0))
     integer_axis(fig.layout.xaxis, k)
-    units = next(iter(results.values())).attrs.get("units", "") if results else ""
+    units = _eigen(next(iter(results.values())))[0].attrs.get("units", "") if results else ""
     fig.update_layout(
         title=title or f"Top Hessian eigenvalues ({RITZ})",
         xaxis_title=f"rank (0 = {which})",
