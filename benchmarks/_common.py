@@ -1,4 +1,5 @@
 """Helpers shared by the benchmark scripts."""
+
 import importlib
 import statistics
 import subprocess

@@ -12,6 +12,7 @@ one-sentence input so that lazy imports do not count; the kernel's peak mark is 
 Targets: entropy <= 1.3x the plain forward's time and <= 1.5x its peak memory.
 Run: .venv/bin/python benchmarks/attention.py
 """
+
 import json
 import os
 import random
@@ -19,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import time
-
 
 MEMORY_RUNS = 3
 
@@ -34,8 +34,12 @@ def setup(size, eager=False):
 
     wb.set_threads(torch.get_num_threads())
     model, tok = zoo.minilm()
-    base = ["The cat sat on the mat while the dog slept by the fire.", "Stock markets fell sharply on Monday morning.",
-            "Neural networks learn representations from data.", "The river flooded the low fields near the village."]
+    base = [
+        "The cat sat on the mat while the dog slept by the fire.",
+        "Stock markets fell sharply on Monday morning.",
+        "Neural networks learn representations from data.",
+        "The river flooded the low fields near the village.",
+    ]
     if size == "short":
         texts = [base[i % 4] + f" Example {i}." for i in range(16)]
         enc = dict(tok(texts, padding=True, return_tensors="pt"))
@@ -68,6 +72,7 @@ def runner(mode, model, eager_model, enc):
                     H = -(torch.special.xlogy(w, w)).sum(-1)
                     ents.append(torch.stack([H[:, h][am].mean() for h in range(w.shape[1])]))
                 return torch.stack(ents)
+
     return run
 
 
@@ -129,20 +134,31 @@ def main():
         for mode in ("plain", "workbench", "eager"):
             rises = []
             for _ in range(MEMORY_RUNS):  # a rise of ~10 MiB moves by MiBs between processes: median of fresh ones
-                out = subprocess.run([sys.executable, __file__, "--child", mode, size], capture_output=True, text=True,
-                                     env=dict(os.environ, TQDM_DISABLE="1"))
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", mode, size],
+                    capture_output=True,
+                    text=True,
+                    env=dict(os.environ, TQDM_DISABLE="1"),
+                )
                 if out.returncode:
                     print(out.stderr[-2000:])
                     raise SystemExit(1)
                 rises.append(json.loads(out.stdout.strip().splitlines()[-1])["peak_rise_mb"])
             mem[mode] = statistics.median(rises)
-        print(f"MiniLM, {label} ({tokens} real tokens), {os.environ.get('WORKBENCH_THREADS', '1')} thread(s), "
-              f"time: median of {rounds} interleaved rounds, memory: median of {MEMORY_RUNS} fresh processes:")
-        for mode, name in (("plain", "plain forward (sdpa)"), ("workbench", "workbench entropy (sdpa captured)"),
-                           ("eager", "eager + output_attentions")):
+        print(
+            f"MiniLM, {label} ({tokens} real tokens), {os.environ.get('WORKBENCH_THREADS', '1')} thread(s), "
+            f"time: median of {rounds} interleaved rounds, memory: median of {MEMORY_RUNS} fresh processes:"
+        )
+        for mode, name in (
+            ("plain", "plain forward (sdpa)"),
+            ("workbench", "workbench entropy (sdpa captured)"),
+            ("eager", "eager + output_attentions"),
+        ):
             print(f"  {name:36s} {t[mode]:7.3f} s ({t[mode] / t['plain']:.2f}x)   peak +{mem[mode]:7.1f} MiB")
-        print(f"  workbench / plain: time {t['workbench'] / t['plain']:.2f}x (target <= 1.3), peak memory of the call "
-              f"{mem['workbench'] / max(mem['plain'], 1e-9):.2f}x (target <= 1.5)")
+        print(
+            f"  workbench / plain: time {t['workbench'] / t['plain']:.2f}x (target <= 1.3), peak memory of the call "
+            f"{mem['workbench'] / max(mem['plain'], 1e-9):.2f}x (target <= 1.5)"
+        )
 
 
 if __name__ == "__main__":

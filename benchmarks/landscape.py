@@ -7,6 +7,7 @@ Side by side in one run (round-robin, median of 3):
 Prints the time ratios and the correctness differences found.
 Run: .venv/bin/python benchmarks/landscape.py   (one thread: WORKBENCH_THREADS=1, the Makefile default)
 """
+
 import copy
 import os
 import sys
@@ -66,10 +67,13 @@ def peer():
 
 times, outs = interleaved({"workbench": ours, "naive loop": naive, "loss-landscapes": peer})
 L0 = float(wb.evaluate(model, lf, (X, Y)).loss)
-print(f"41 x 41 = {STEPS * STEPS} full-data evaluations of mlp-sgd-large-s0 ({sum(p.numel() for p in model.parameters())} "
-      f"params, {len(Y)} samples), {torch.get_num_threads()} thread(s)")
+print(
+    f"41 x 41 = {STEPS * STEPS} full-data evaluations of mlp-sgd-large-s0 "
+    f"({sum(p.numel() for p in model.parameters())} "
+    f"params, {len(Y)} samples), {torch.get_num_threads()} thread(s)"
+)
 for k, t in times.items():
-    print(f"  {k:16s} {t:7.2f} s   {t / times['naive loop']:.2f}x naive   per point {1e3 * t / STEPS ** 2:.2f} ms")
+    print(f"  {k:16s} {t:7.2f} s   {t / times['naive loop']:.2f}x naive   per point {1e3 * t / STEPS**2:.2f} ms")
 print(f"ratio workbench / naive loop      = {times['workbench'] / times['naive loop']:.3f}  (target <= 1.1)")
 print(f"ratio workbench / loss-landscapes = {times['workbench'] / times['loss-landscapes']:.3f}")
 print("correctness:")
@@ -77,14 +81,18 @@ print(f"  workbench vs naive loop, max |diff|          = {np.max(np.abs(outs['wo
 c = STEPS // 2
 print(f"  workbench centre cell - L(theta)             = {outs['workbench'][c, c] - L0:.2e}  (exact lattice)")
 grid = np.asarray(outs["loss-landscapes"])
-print(f"  loss-landscapes: min over grid |cell - L(theta)| = {np.min(np.abs(grid - L0)):.2e}  "
-      f"(its grid never evaluates theta itself)")
+print(
+    f"  loss-landscapes: min over grid |cell - L(theta)| = {np.min(np.abs(grid - L0)):.2e}  "
+    f"(its grid never evaluates theta itself)"
+)
 m2 = copy.deepcopy(model)
 before = torch.cat([p.detach().reshape(-1).clone() for p in m2.parameters()])
 ll.random_plane(m2, loss_landscapes.metrics.Loss(lf, X[:64], Y[:64]), steps=5, normalization="filter")
 after = torch.cat([p.detach().reshape(-1) for p in m2.parameters()])
-print(f"  loss-landscapes with its default deepcopy_model=False: model left displaced by max |dtheta| = "
-      f"{float((after - before).abs().max()):.3g}; requires_grad left {[p.requires_grad for p in m2.parameters()][0]}")
+print(
+    f"  loss-landscapes with its default deepcopy_model=False: model left displaced by max |dtheta| = "
+    f"{float((after - before).abs().max()):.3g}; requires_grad left {[p.requires_grad for p in m2.parameters()][0]}"
+)
 m3 = copy.deepcopy(model)
 s = wb.state.snapshot(m3)
 landscape.slice_2d(m3, lf, (X[:64], Y[:64]), steps=5, progress=False)

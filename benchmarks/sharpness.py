@@ -9,6 +9,7 @@ Prints relative error against the exact spectrum, HVP count and seconds (medians
 The exact Hessian (8,970 HVPs + eigvalsh, a few minutes on 2 cores) is cached under data/cache/bench.
 Run: .venv/bin/python benchmarks/sharpness.py [--samples 512]
 """
+
 import argparse
 import hashlib
 import os
@@ -55,8 +56,10 @@ else:
     np.savez(cache, ev=ev)
     print(f"  exact Hessian + eigvalsh: {time.perf_counter() - t0:.0f} s")
 top, tr = ev[::-1][:K], ev.sum()
-print(f"mlp-sgd-large-s0, {sum(p.numel() for p in model.parameters())} params, {len(y)} samples; exact top-{K} "
-      f"{np.round(top, 5)}, trace {tr:.5f}")
+print(
+    f"mlp-sgd-large-s0, {sum(p.numel() for p in model.parameters())} params, {len(y)} samples; exact top-{K} "
+    f"{np.round(top, 5)}, trace {tr:.5f}"
+)
 
 need("pyhessian", "pyhessian==0.1")
 pyh_h = sys.modules["pyhessian.hessian"]  # the package re-exports the class under the module's name
@@ -81,8 +84,10 @@ def run(label, fn, truth):
         secs.append(time.perf_counter() - t0)
         errs.append(np.max(np.abs(np.asarray(vals) - truth) / np.abs(truth)))
         hvps.append(n)
-    print(f"  {label:44s} rel.err median {statistics.median(errs):.1e} max {max(errs):.1e}   "
-          f"HVPs {statistics.median(hvps):5.0f}   {statistics.median(secs):6.3f} s")
+    print(
+        f"  {label:44s} rel.err median {statistics.median(errs):.1e} max {max(errs):.1e}   "
+        f"HVPs {statistics.median(hvps):5.0f}   {statistics.median(secs):6.3f} s"
+    )
 
 
 def ours_topk(s):
@@ -111,6 +116,7 @@ def ours_trace(method):
     def f(s):
         t = S.hessian_trace(model, lf, (x, y), n_hvp=99, method=method, seed=s, progress=False)
         return [float(t)], t.attrs["n_hvp"]
+
     return f
 
 
@@ -144,5 +150,7 @@ except Exception as e:
     print(f"PyHessian density(): {type(e).__name__}: {str(e)[:90]}")
 t0 = time.perf_counter()
 d = S.spectral_density(model, lf, (x, y), n_runs=3, n_lanczos=40, progress=False)
-print(f"workbench spectral_density (SLQ, 3 x 40 HVPs): {time.perf_counter() - t0:.2f} s, integral "
-      f"{np.trapezoid(d.values, d.eigenvalue.values):.4f}")
+print(
+    f"workbench spectral_density (SLQ, 3 x 40 HVPs): {time.perf_counter() - t0:.2f} s, integral "
+    f"{np.trapezoid(d.values, d.eigenvalue.values):.4f}"
+)

@@ -3,6 +3,7 @@ SVD implementation of the same fixed point in the same run (target: >= 2x faster
 relative), and the time of every metric at that size.
 Run: .venv/bin/python benchmarks/transfer.py
 """
+
 import os
 import sys
 import time
@@ -25,41 +26,50 @@ def plain_svd_logme(F, y, tol=1e-10, max_iter=2000):
     """The textbook route: a full SVD of F, then the fixed point per class column (numpy, float64)."""
     N, D = F.shape
     U, s, _ = np.linalg.svd(F, full_matrices=False)
-    sig = s ** 2
+    sig = s**2
     k = len(sig)
     out = []
     for c in range(y.max() + 1):
         t = (y == c).astype(np.float64)
         x = U.T @ t
-        x2 = x ** 2
+        x2 = x**2
         r0 = t @ t - x2.sum()
         a, b = 1.0, 1.0
         for _ in range(max_iter):
             den = a + b * sig
             gamma = (b * sig / den).sum()
-            m2 = (b ** 2 * sig * x2 / den ** 2).sum()
-            res2 = r0 + (a ** 2 * x2 / den ** 2).sum()
+            m2 = (b**2 * sig * x2 / den**2).sum()
+            res2 = r0 + (a**2 * x2 / den**2).sum()
             a2, b2 = gamma / m2, (N - gamma) / res2
             done = abs(a2 - a) <= tol * a and abs(b2 - b) <= tol * b
             a, b = a2, b2
             if done:
                 break
         den = a + b * sig
-        m2 = (b ** 2 * sig * x2 / den ** 2).sum()
-        res2 = r0 + (a ** 2 * x2 / den ** 2).sum()
-        ev = (D / 2 * np.log(a) + N / 2 * np.log(b) - N / 2 * np.log(2 * np.pi) - b / 2 * res2 - a / 2 * m2
-              - (np.log(den).sum() + (D - k) * np.log(a)) / 2)
+        m2 = (b**2 * sig * x2 / den**2).sum()
+        res2 = r0 + (a**2 * x2 / den**2).sum()
+        ev = (
+            D / 2 * np.log(a)
+            + N / 2 * np.log(b)
+            - N / 2 * np.log(2 * np.pi)
+            - b / 2 * res2
+            - a / 2 * m2
+            - (np.log(den).sum() + (D - k) * np.log(a)) / 2
+        )
         out.append(ev / N)
     return float(np.mean(out))
 
 
-times, outs = interleaved({"workbench logme": lambda: T.logme(F, y), "plain numpy SVD": lambda: plain_svd_logme(F, y)},
-                          repeat=3)
+times, outs = interleaved(
+    {"workbench logme": lambda: T.logme(F, y), "plain numpy SVD": lambda: plain_svd_logme(F, y)}, repeat=3
+)
 print(f"LogME, N={N}, D={D}, C={C} (threads: numpy's default)")
 for k, t in times.items():
     print(f"  {k:18s} {t:7.2f} s   value {outs[k]:.10f}")
-print(f"  speed-up {times['plain numpy SVD'] / times['workbench logme']:.2f}x (target >= 2), relative difference "
-      f"{abs(outs['workbench logme'] - outs['plain numpy SVD']) / abs(outs['plain numpy SVD']):.1e} (target <= 1e-6)")
+print(
+    f"  speed-up {times['plain numpy SVD'] / times['workbench logme']:.2f}x (target >= 2), relative difference "
+    f"{abs(outs['workbench logme'] - outs['plain numpy SVD']) / abs(outs['plain numpy SVD']):.1e} (target <= 1e-6)"
+)
 print("every metric at this size (one run each):")
 P = rng.dirichlet(np.ones(50), N)
 for name in T.METRICS:
@@ -69,5 +79,8 @@ for name in T.METRICS:
         msg = f"{v: .6g}"
     except Exception as e:  # report, do not stop the table
         msg = f"failed: {type(e).__name__}: {e}"
-    print(f"  {name:18s} {time.perf_counter() - t0:8.2f} s   {msg}{'   (experimental)' if name in T.EXPERIMENTAL else ''}",
-          flush=True)
+    print(
+        f"  {name:18s} {time.perf_counter() - t0:8.2f} s   {msg}"
+        f"{'   (experimental)' if name in T.EXPERIMENTAL else ''}",
+        flush=True,
+    )

@@ -2,6 +2,7 @@
 real headless Chromium (Debian's, driven by Playwright), run top to bottom, a control moved, the plotly
 figure checked; and the HTML reports opened offline. Screenshots go to test-artifacts/.
 ``make test`` installs chromium when it is missing (as root); these tests never skip silently."""
+
 import os
 import shutil
 import subprocess
@@ -16,24 +17,36 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
 ART = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run", "--disable-sync", "--disable-quic"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
 TOKEN = "wbtest"
 # small parameters (injected as papermill does) and the control each test moves
 CASES = {
     "loss_landscape.ipynb": (dict(steps=7, n_seeds=2), ("slider", 0)),
     "sharpness.ipynb": (dict(seeds=[0], n_hvp=12, archs=["mlp"]), ("slider", 0)),
     "attention.ipynb": (dict(n_sentences=4, stride=10), ("select", 0, "max_logit")),
-    "transferability.ipynb": (dict(targets=["digits-5to9", "flipped-5to9"], metrics=["logme", "leep", "hscore"], n_boot=50),
-                              ("select", 1, "hscore")),
+    "transferability.ipynb": (
+        dict(targets=["digits-5to9", "flipped-5to9"], metrics=["logme", "leep", "hscore"], n_boot=50),
+        ("select", 1, "hscore"),
+    ),
     "tour.ipynb": (dict(steps=5), ("slider", 0)),
 }
 
 
 def _need_chromium():
     if not os.path.exists(CHROMIUM):
-        pytest.fail("Debian's chromium is not installed: run `apt-get install chromium chromium-driver` "
-                    "(make test does this itself when run as root)")
+        pytest.fail(
+            "Debian's chromium is not installed: run `apt-get install chromium chromium-driver` "
+            "(make test does this itself when run as root)"
+        )
 
 
 def _free_port():
@@ -54,8 +67,12 @@ def lab(tmp_path_factory, zoo_built):
         nb = pm.iorw.load_notebook_node(str(ROOT / "notebooks" / name))
         nb = pm.parameterize.parameterize_notebook(nb, params)
         pm.iorw.write_ipynb(nb, str(root / name))
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(root / ".jcfg"), JUPYTER_RUNTIME_DIR=str(root / ".jrt"),
-               WORKBENCH_THREADS="1")
+    env = dict(
+        os.environ,
+        JUPYTER_CONFIG_DIR=str(root / ".jcfg"),
+        JUPYTER_RUNTIME_DIR=str(root / ".jrt"),
+        WORKBENCH_THREADS="1",
+    )
     jupyter = str(Path(os.sys.executable).parent / "jupyter")
     # render every cell (JupyterLab 4 virtualises long notebooks: off-screen outputs are not in the DOM)
     settings = root / ".jcfg" / "lab" / "user-settings" / "@jupyterlab" / "notebook-extension"
@@ -63,15 +80,31 @@ def lab(tmp_path_factory, zoo_built):
     # and start the notebook's own kernel without asking (a "Select Kernel" dialog otherwise appears now and then)
     (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none", "autoStartDefaultKernel": true}')
     # the "news" pop-up is switched off through settings, not by clicking it away
-    subprocess.run([jupyter, "labextension", "disable", "@jupyterlab/apputils-extension:announcements"], env=env,
-                   capture_output=True, check=True)
+    subprocess.run(
+        [jupyter, "labextension", "disable", "@jupyterlab/apputils-extension:announcements"],
+        env=env,
+        capture_output=True,
+        check=True,
+    )
     srv = port = None
     for attempt in range(2):  # the first start after an install can be slow: retry once
         port = _free_port()
-        srv = subprocess.Popen([jupyter, "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-                                f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
-                                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-                               env=env, stdout=open(root / f"lab{attempt}.log", "w"), stderr=subprocess.STDOUT)
+        srv = subprocess.Popen(
+            [
+                jupyter,
+                "lab",
+                "--allow-root",
+                "--no-browser",
+                "--ip=127.0.0.1",
+                f"--port={port}",
+                f"--IdentityProvider.token={TOKEN}",
+                f"--ServerApp.root_dir={root}",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            ],
+            env=env,
+            stdout=open(root / f"lab{attempt}.log", "w"),
+            stderr=subprocess.STDOUT,
+        )
         for _ in range(120):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={TOKEN}", timeout=2)
@@ -133,9 +166,12 @@ def test_notebook_in_jupyterlab(name, lab, browser):
     try:
         page.goto(f"{lab}/lab/tree/{name}?token={TOKEN}&reset")
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-        started = "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))"
+        started = (
+            "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]"
+            ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))"
+        )
         dialogs = []
-        for attempt in range(3):  # a Run All clicked before the kernel is connected does nothing: retry,
+        for _attempt in range(3):  # a Run All clicked before the kernel is connected does nothing: retry,
             _answer_dialogs(page, dialogs, name)  # after a reload, which connects the page to its kernel anew
             page.locator("#jp-MainMenu .lm-MenuBar-item", has_text="Run").first.click()
             page.click("li[data-command='runmenu:run-all']")
@@ -151,8 +187,11 @@ def test_notebook_in_jupyterlab(name, lab, browser):
         assert not [d for d in dialogs if any(w in d.lower() for w in ("died", "error", "restart"))], dialogs
         # every code cell has run: an execution count in its prompt
         page.wait_for_function(
-            "() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].map(e => e.textContent.trim());"
-            " return p.length > 0 && p.every(t => /^\\[\\d+\\]:$/.test(t)); }", timeout=300_000)
+            "() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]"
+            ".map(e => e.textContent.trim());"
+            " return p.length > 0 && p.every(t => /^\\[\\d+\\]:$/.test(t)); }",
+            timeout=300_000,
+        )
         kind = CASES[name][1]
         control = ".widget-slider .noUi-handle" if kind[0] == "slider" else ".widget-dropdown select"
         page.wait_for_selector(control, timeout=60_000)
@@ -162,8 +201,10 @@ def test_notebook_in_jupyterlab(name, lab, browser):
         prompts = page.locator(".jp-InputArea-prompt").all_text_contents()
         assert not [p for p in prompts if "[*]" in p or p.strip() == "[ ]:"], prompts
         outputs = " ".join(page.locator(".jp-OutputArea-output").all_text_contents())
-        stderr = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_text_contents()
-        assert "Traceback" not in outputs, outputs[outputs.find("Traceback"):][:1500]
+        stderr = page.locator(
+            ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+        ).all_text_contents()
+        assert "Traceback" not in outputs, outputs[outputs.find("Traceback") :][:1500]
         assert not [e for e in stderr if "Error" in e], stderr
         assert page.locator(".js-plotly-plot .main-svg").count() >= 3  # figures drawn
         page.screenshot(path=str(ART / f"{name}-before.png"))
@@ -178,9 +219,12 @@ def test_notebook_in_jupyterlab(name, lab, browser):
             sel = page.locator(control).nth(kind[1])
             sel.scroll_into_view_if_needed()
             sel.select_option(label=kind[2])
-        page.wait_for_function("(before) => { const t = [...document.querySelectorAll('.js-plotly-plot .gtitle')]"
-                               ".map(e => e.textContent); return JSON.stringify(t) !== JSON.stringify(before); }",
-                               arg=before, timeout=120_000)
+        page.wait_for_function(
+            "(before) => { const t = [...document.querySelectorAll('.js-plotly-plot .gtitle')]"
+            ".map(e => e.textContent); return JSON.stringify(t) !== JSON.stringify(before); }",
+            arg=before,
+            timeout=120_000,
+        )
         page.wait_for_timeout(500)
         page.screenshot(path=str(ART / f"{name}-after.png"))
         assert _titles(page) != before

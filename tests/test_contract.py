@@ -1,5 +1,6 @@
 """The probe contract over every registered probe, through the public checks of
 :mod:`workbench.testing` (one test case per probe and check)."""
+
 import pytest
 import torch
 import xarray as xr
@@ -12,8 +13,16 @@ PROBES = probes()
 
 
 def test_registry_holds_the_public_surface():
-    assert {"evaluate", "landscape.slice_1d", "landscape.slice_2d", "landscape.interpolate", "attention.entropy",
-            "curvature.hessian_eigenvalues", "sharpness.sam_sharpness", "attention.attention_map"} <= set(PROBES)
+    assert {
+        "evaluate",
+        "landscape.slice_1d",
+        "landscape.slice_2d",
+        "landscape.interpolate",
+        "attention.entropy",
+        "curvature.hessian_eigenvalues",
+        "sharpness.sam_sharpness",
+        "attention.attention_map",
+    } <= set(PROBES)
 
 
 @parametrize_with_probe_checks(PROBES[name].func for name in sorted(PROBES))
@@ -23,12 +32,13 @@ def test_probe_contract(probe, check):
 
 # -- a user's own probe passes the same checks ----------------------------------------------------
 
+
 @wb.probe("tests.mean_margin", tags=wb.Tags(inputs="pair", uses=("mode", "params")))
 def mean_margin(model, loss_fn, data, *, ctx):
     """Mean of the top-1 minus top-2 logit over the data."""
     obj = ctx.objective()
     total = 0.0
-    for x, _, n in obj.batches():
+    for x, _, _n in obj.batches():
         with torch.no_grad():
             top = torch.topk(obj.call(x), 2, dim=1).values
         total += float((top[:, 0] - top[:, 1]).sum())
@@ -76,7 +86,9 @@ def test_the_decorator_isolates_a_body_that_reseeds_the_global_rngs():
 
     try:
         check_probe(reseeds)  # the global RNG check passes: the decorator restored all three
-        assert float(reseeds(*wb.testing.hostile_case())) == float(torch.rand((), generator=torch.Generator().manual_seed(1)))
+        assert float(reseeds(*wb.testing.hostile_case())) == float(
+            torch.rand((), generator=torch.Generator().manual_seed(1))
+        )
     finally:
         wb.registry.PROBES.pop("tests.reseeds")
 

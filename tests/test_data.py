@@ -64,7 +64,11 @@ def test_list_of_batches_and_dict_inputs():
         ((torch.randn(0, 5), torch.zeros(0, dtype=torch.long)), ValueError, ["empty"]),
         ((torch.full((4, 5), float("nan")), torch.zeros(4, dtype=torch.long)), ValueError, ["NaN", "inputs"]),
         ("not data", TypeError, ["data:", "pair"]),
-        (((torch.randn(2, 5), torch.zeros(2, dtype=torch.long)) for _ in range(2)), TypeError, ["one-shot", "DataLoader"]),
+        (
+            ((torch.randn(2, 5), torch.zeros(2, dtype=torch.long)) for _ in range(2)),
+            TypeError,
+            ["one-shot", "DataLoader"],
+        ),
         ([], ValueError, ["no samples"]),
     ],
 )

@@ -14,8 +14,9 @@ from workbench.params import ParamSpace
 
 def _cnn():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 36, 3)).eval()
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3)
+    ).eval()
 
 
 def _data(n=30):
@@ -236,8 +237,9 @@ def test_pca_directions_match_sklearn():
     for k in range(2):
         assert abs(float(np.dot(pca.components_[k], v[k].numpy()))) == pytest.approx(1, rel=1e-5)
     np.testing.assert_allclose(ds["coords"].values[-1], [0, 0], atol=1e-12)
-    s = L.slice_2d(traj[-1], nn.MSELoss(), (torch.randn(8, 5), torch.randn(8, 3)), directions=ds, steps=3,
-                   progress=False)
+    s = L.slice_2d(
+        traj[-1], nn.MSELoss(), (torch.randn(8, 5), torch.randn(8, 3)), directions=ds, steps=3, progress=False
+    )
     assert s.trajectory_alpha.shape == (6,) and "loss" in s
     np.testing.assert_array_equal(s.trajectory_beta.values, ds["coords"].values[:, 1])
 
@@ -314,8 +316,7 @@ def test_pca_dataset_drives_slice_2d():
     assert list(ds.checkpoint.values) == [f"epoch {i}" for i in range(5)] and ds.direction.shape == (2, 8)
     data = (torch.randn(8, 3), torch.randn(8, 2))
     a = L.slice_2d(traj[-1], nn.MSELoss(), data, directions=ds, steps=3, progress=False)
-    b = L.slice_2d(traj[-1], nn.MSELoss(), data, directions=[ds.direction[0], ds.direction[1]], steps=3,
-                   progress=False)
+    b = L.slice_2d(traj[-1], nn.MSELoss(), data, directions=[ds.direction[0], ds.direction[1]], steps=3, progress=False)
     np.testing.assert_array_equal(a.loss.values, b.loss.values)
     assert "trajectory_alpha" in a and "trajectory_alpha" not in b
     import json

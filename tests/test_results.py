@@ -16,8 +16,12 @@ def test_save_load_roundtrip_with_attrs(tmp_path):
     p = wb.save(r, tmp_path / "r.nc")
     back = wb.load(p)
     assert back.identical(r)
-    da = xr.DataArray(np.arange(6.0).reshape(2, 3), dims=("alpha", "beta"), coords={"alpha": [0, 1]},
-                      attrs={"long_name": "loss", "seed": 3})
+    da = xr.DataArray(
+        np.arange(6.0).reshape(2, 3),
+        dims=("alpha", "beta"),
+        coords={"alpha": [0, 1]},
+        attrs={"long_name": "loss", "seed": 3},
+    )
     wb.save(da, tmp_path / "a.nc")
     back = wb.load(tmp_path / "a.nc")
     assert isinstance(back, xr.DataArray) and back.identical(da) and back.name is None

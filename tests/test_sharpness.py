@@ -13,6 +13,7 @@ from workbench.objective import Objective
 
 # -- fixtures ---------------------------------------------------------------------------------
 
+
 class Quadratic(nn.Module):
     """L(theta) = 1/2 (theta - c)^T A (theta - c): Hessian A, gradient A (theta - c)."""
 
@@ -67,6 +68,7 @@ def mlp():
 
 # -- exact Hessian ----------------------------------------------------------------------------
 
+
 def test_exact_hessian_equals_torch_func_hessian():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
@@ -81,7 +83,7 @@ def test_exact_hessian_equals_torch_func_hessian():
         parts, i = {}, 0
         for n, s in zip(names, shapes):
             k = int(np.prod(s))
-            parts[n] = flat[i:i + k].reshape(s)
+            parts[n] = flat[i : i + k].reshape(s)
             i += k
         return lf(torch.func.functional_call(m, parts, (x,)), y)
 
@@ -96,6 +98,7 @@ def test_exact_hessian_refuses_large_models():
 
 
 # -- eigenvalues ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_top5_within_1e4_with_at_most_25_hvps(mlp, seed):
@@ -151,6 +154,7 @@ def test_hvp_is_sample_weighted_over_uneven_batches(mlp):
 
 # -- trace ------------------------------------------------------------------------------------
 
+
 def test_exact_trace(mlp):
     m, lf, data, H, ev = mlp
     t = S.hessian_trace(m, lf, data, method="exact", progress=False)
@@ -161,8 +165,10 @@ def test_hutchpp_within_1pct_median_over_seeds(mlp):
     m, lf, data, H, ev = mlp
     tr = np.trace(H)
     errs = [abs(float(S.hessian_trace(m, lf, data, n_hvp=100, seed=s, progress=False)) - tr) / tr for s in range(8)]
-    hutch = [abs(float(S.hessian_trace(m, lf, data, n_hvp=100, method="hutchinson", seed=s, progress=False)) - tr) / tr
-             for s in range(8)]
+    hutch = [
+        abs(float(S.hessian_trace(m, lf, data, n_hvp=100, method="hutchinson", seed=s, progress=False)) - tr) / tr
+        for s in range(8)
+    ]
     assert np.median(errs) < 0.01
     assert np.median(errs) < np.median(hutch)
 
@@ -188,6 +194,7 @@ def test_trace_stops_on_a_confidence_interval(mlp):
 
 # -- spectral density -------------------------------------------------------------------------
 
+
 def test_slq_density_integrates_to_one_and_matches_moments(mlp):
     m, lf, data, H, ev = mlp
     P = H.shape[0]
@@ -203,7 +210,7 @@ def test_slq_density_integrates_to_one_and_matches_moments(mlp):
         qs.append(q)
     first = (nodes * w).sum(1)  # exact Gauss quadrature: e1^T T e1 = q^T H q
     np.testing.assert_allclose(first, [q @ H @ q for q in qs], rtol=1e-4)
-    second = (nodes ** 2 * w).sum(1)  # e1^T T^2 e1 = ||H q||^2
+    second = (nodes**2 * w).sum(1)  # e1^T T^2 e1 = ||H q||^2
     np.testing.assert_allclose(second, [np.sum((H @ q) ** 2) for q in qs], rtol=1e-3)
     assert first.mean() == pytest.approx(np.trace(H) / P, rel=0.25)
     np.testing.assert_allclose(w.sum(1), 1, rtol=1e-10)
@@ -213,6 +220,7 @@ def test_slq_density_integrates_to_one_and_matches_moments(mlp):
 
 
 # -- sharpness in a ball: closed forms on a quadratic ------------------------------------------
+
 
 def _qparts(q):
     A, c, th = q.A, q.center, q.theta.detach()
@@ -227,7 +235,7 @@ def test_sam_and_asam_closed_form(adaptive):
     A, th, g, L = _qparts(q)
     rho = 0.05
     c = th.abs() if adaptive else torch.ones_like(th)
-    eps = rho * c ** 2 * g / torch.linalg.norm(c * g)
+    eps = rho * c**2 * g / torch.linalg.norm(c * g)
     ref = L(th + eps) - L(th)
     r = S.sam_sharpness(q, mean_out, DUMMY, rho=rho, adaptive=adaptive, progress=False)
     assert float(r) == pytest.approx(ref, rel=1e-10)
@@ -237,8 +245,9 @@ def test_sam_and_asam_closed_form(adaptive):
 
 def test_sam_rho_sweep_and_batches(mlp):
     m, lf, (x, y), H, ev = mlp
-    r = S.sam_sharpness(m, lf, DataLoader(TensorDataset(x, y), batch_size=300), rho=[0.0, 0.02, 0.05, 0.1],
-                        progress=False)
+    r = S.sam_sharpness(
+        m, lf, DataLoader(TensorDataset(x, y), batch_size=300), rho=[0.0, 0.02, 0.05, 0.1], progress=False
+    )
     assert r.dims == ("rho",) and float(r[0]) == 0.0
     assert np.all(np.diff(r.values) > 0)
     assert np.all(np.isfinite(r.stderr.values[1:])) and np.all(r.stderr.values[1:] > 0)
@@ -256,8 +265,8 @@ def test_worst_case_reaches_the_top_eigen_direction_at_a_minimum():
     q = quadratic(spec, offset=0.0)  # theta = center: gradient zero
     rho = 0.1
     r = S.worst_case_sharpness(q, mean_out, DUMMY, rho=rho, adaptive=False, n_steps=60, progress=False)
-    assert float(r) == pytest.approx(0.5 * rho ** 2 * 4.0, rel=1e-2)
-    assert float(r) <= 0.5 * rho ** 2 * 4.0 * (1 + 1e-9)
+    assert float(r) == pytest.approx(0.5 * rho**2 * 4.0, rel=1e-2)
+    assert float(r) <= 0.5 * rho**2 * 4.0 * (1 + 1e-9)
 
 
 def test_worst_case_between_first_order_and_upper_bound():
@@ -266,7 +275,7 @@ def test_worst_case_between_first_order_and_upper_bound():
     rho = 0.2
     sam = float(S.sam_sharpness(q, mean_out, DUMMY, rho=rho, progress=False))
     wc = float(S.worst_case_sharpness(q, mean_out, DUMMY, rho=rho, adaptive=False, n_steps=30, progress=False))
-    upper = rho * float(torch.linalg.norm(g)) + 0.5 * rho ** 2 * 4.0
+    upper = rho * float(torch.linalg.norm(g)) + 0.5 * rho**2 * 4.0
     assert sam <= wc + 1e-12 <= upper + 1e-12
     # the maximiser of this trust-region problem, by brute force on the sphere (P = 5)
     rng = np.random.default_rng(0)
@@ -279,10 +288,10 @@ def test_average_sharpness_closed_form():
     A, th, g, L = _qparts(q)
     rho = 0.05
     r = S.average_sharpness(q, mean_out, DUMMY, rho=rho, n_draws=400, progress=False)
-    ref = 0.5 * rho ** 2 * float(torch.trace(A))  # E[g^T d + d^T A d / 2], d ~ N(0, rho^2 I)
+    ref = 0.5 * rho**2 * float(torch.trace(A))  # E[g^T d + d^T A d / 2], d ~ N(0, rho^2 I)
     assert abs(float(r) - ref) < 4 * float(r.stderr)
     ra = S.average_sharpness(q, mean_out, DUMMY, rho=rho, adaptive=True, n_draws=400, progress=False)
-    ref_a = 0.5 * rho ** 2 * float((th ** 2 * torch.diag(A)).sum())
+    ref_a = 0.5 * rho**2 * float((th**2 * torch.diag(A)).sum())
     assert abs(float(ra) - ref_a) < 4 * float(ra.stderr)
 
 
@@ -293,8 +302,11 @@ def test_keskar_on_a_linear_loss_hits_the_box_vertex():
             self.w = nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
 
         def forward(self, x):
-            return (x @ torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64) * 0 + self.w @ torch.tensor(
-                [0.3, -0.2, 0.1], dtype=torch.float64) + 2.0).expand(x.shape[0])
+            return (
+                x @ torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64) * 0
+                + self.w @ torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
+                + 2.0
+            ).expand(x.shape[0])
 
     m = Lin()
     data = (torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.float64))
@@ -369,13 +381,16 @@ def test_zoo_sharpness_measures_agree_on_the_cnn_and_disagree_on_the_mlp(zoo_bui
                 assert asam["sgd-large"] < asam["sgd-small"], (arch, seed, asam)
 
 
-@pytest.mark.parametrize("call, words", [
-    (lambda m, lf, d: S.spectral_density(m, lf, d, n_lanczos=1, progress=False), "n_lanczos"),
-    (lambda m, lf, d: S.spectral_density(m, lf, d, n_runs=0, progress=False), "n_runs"),
-    (lambda m, lf, d: S.hessian_trace(m, lf, d, rtol=-0.1, progress=False), "rtol"),
-    (lambda m, lf, d: S.hessian_trace(m, lf, d, confidence=95, progress=False), "confidence"),
-    (lambda m, lf, d: S.sam_sharpness(m, lf, d, mode="inference", progress=False), "mode: expected"),
-])
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda m, lf, d: S.spectral_density(m, lf, d, n_lanczos=1, progress=False), "n_lanczos"),
+        (lambda m, lf, d: S.spectral_density(m, lf, d, n_runs=0, progress=False), "n_runs"),
+        (lambda m, lf, d: S.hessian_trace(m, lf, d, rtol=-0.1, progress=False), "rtol"),
+        (lambda m, lf, d: S.hessian_trace(m, lf, d, confidence=95, progress=False), "confidence"),
+        (lambda m, lf, d: S.sam_sharpness(m, lf, d, mode="inference", progress=False), "mode: expected"),
+    ],
+)
 def test_more_bad_arguments_name_themselves(call, words):
     from workbench.testing import tiny_classifier
 
@@ -384,6 +399,7 @@ def test_more_bad_arguments_name_themselves(call, words):
 
 
 # -- the operator, progress and the restructured API ---------------------------------------------
+
 
 def test_hessian_operator_matches_the_exact_hessian_in_every_interface():
     q = quadratic([4.0, 2.0, 1.0, 0.5, 0.1])

@@ -16,7 +16,13 @@ def test_diff_state_detects_every_kind_of_change():
     m.fc1.weight.grad = None
     m.drop.train()
     d = " | ".join(diff_state(s, m))
-    for what in ["values changed", "buffer BatchNorm1d.running_mean", "requires_grad", ".grad presence", "Dropout.training"]:
+    for what in [
+        "values changed",
+        "buffer BatchNorm1d.running_mean",
+        "requires_grad",
+        ".grad presence",
+        "Dropout.training",
+    ]:
         assert what in d
 
 

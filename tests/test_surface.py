@@ -5,6 +5,7 @@ across modules, arrows only downward (engine -> probe packages -> front ends), n
 packages, no module over 400 lines, every public probe registered and annotated, and
 ``import workbench`` loading neither plotly nor ipywidgets.
 """
+
 import ast
 import importlib
 import inspect
@@ -46,8 +47,12 @@ def _imports(module: str, path: Path, top_level_only: bool):
     tree = ast.parse(path.read_text())
     nodes = tree.body if top_level_only else list(ast.walk(tree))
     if top_level_only:  # also imports under `if TYPE_CHECKING`/try at module level
-        nodes = [n for stmt in tree.body for n in ast.walk(stmt)
-                 if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+        nodes = [
+            n
+            for stmt in tree.body
+            for n in ast.walk(stmt)
+            if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        ]
     for node in nodes:
         if isinstance(node, ast.ImportFrom):
             target = _resolve(module, path, node)
@@ -107,7 +112,7 @@ def test_no_import_cycle_between_packages():
 
     def visit(n):
         if n in stack:
-            raise AssertionError(f"import cycle: {' -> '.join(stack[stack.index(n):] + [n])}")
+            raise AssertionError(f"import cycle: {' -> '.join(stack[stack.index(n) :] + [n])}")
         if n in seen:
             return
         stack.append(n)
@@ -121,7 +126,9 @@ def test_no_import_cycle_between_packages():
 
 
 def test_no_module_over_400_lines():
-    big = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    big = {
+        str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert big == {}
 
 

@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 import torch
@@ -53,9 +52,12 @@ def test_logme_equals_the_maximised_direct_evidence(case):
         direct = _exact_log_evidence(F, T1[:, c], p["alpha"][c], p["beta"][c])
         assert direct / len(y) == pytest.approx(p["evidence_per_column"][c], rel=1e-10, abs=1e-12)
         # and (alpha, beta) is the maximiser: a generic optimiser finds no better point
-        res = minimize(lambda z: -_direct_log_evidence(F, T1[:, c], np.exp(z[0]), np.exp(z[1])),
-                       x0=[np.log(p["alpha"][c]) + 0.5, np.log(p["beta"][c]) - 0.5], method="Nelder-Mead",
-                       options=dict(xatol=1e-10, fatol=1e-12, maxiter=4000))
+        res = minimize(
+            lambda z, c=c: -_direct_log_evidence(F, T1[:, c], np.exp(z[0]), np.exp(z[1])),
+            x0=[np.log(p["alpha"][c]) + 0.5, np.log(p["beta"][c]) - 0.5],
+            method="Nelder-Mead",
+            options=dict(xatol=1e-10, fatol=1e-12, maxiter=4000),
+        )
         assert -res.fun <= direct + 1e-6 * abs(direct)
         ev.append(direct / len(y))
     assert score == pytest.approx(np.mean(ev), rel=1e-9)
@@ -142,14 +144,17 @@ def test_nleep_is_seeded_and_better_separation_scores_higher():
         assert T.METRICS[met](F, y, None) > T.METRICS[met](G, y, None), met
 
 
-@pytest.mark.parametrize("bad, words", [
-    (lambda F, y: (F[:, :, None], y), "2-D"),
-    (lambda F, y: (np.where(F > 2, np.nan, F), y), "NaN"),
-    (lambda F, y: (F, y[:-1]), "labels"),
-    (lambda F, y: (F, np.zeros_like(y)), "at least 2 classes"),
-    (lambda F, y: (F, np.where(np.arange(len(y)) == 3, np.nan, y.astype(float))), "labels: contains NaN.*drop"),
-    (lambda F, y: (np.array([[object()] * 4] * 30), y), "features: expected a numeric array.*np.asarray"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        (lambda F, y: (F[:, :, None], y), "2-D"),
+        (lambda F, y: (np.where(F > 2, np.nan, F), y), "NaN"),
+        (lambda F, y: (F, y[:-1]), "labels"),
+        (lambda F, y: (F, np.zeros_like(y)), "at least 2 classes"),
+        (lambda F, y: (F, np.where(np.arange(len(y)) == 3, np.nan, y.astype(float))), "labels: contains NaN.*drop"),
+        (lambda F, y: (np.array([[object()] * 4] * 30), y), "features: expected a numeric array.*np.asarray"),
+    ],
+)
 def test_bad_input_names_the_argument(bad, words):
     F, y = _data(30, 4)
     with pytest.raises((ValueError, TypeError), match=words):
@@ -167,13 +172,20 @@ def test_correlate_matches_scipy_and_bootstraps():
     rng = np.random.default_rng(0)
     gt = rng.uniform(0.5, 1.0, 8)
     good = gt + rng.normal(0, 0.01, 8)
-    scores = xr.DataArray(np.c_[good, -gt, rng.normal(size=8)], dims=("model", "metric"),
-                          coords={"model": [f"m{i}" for i in range(8)], "metric": ["good", "reversed", "noise"]})
+    scores = xr.DataArray(
+        np.c_[good, -gt, rng.normal(size=8)],
+        dims=("model", "metric"),
+        coords={"model": [f"m{i}" for i in range(8)], "metric": ["good", "reversed", "noise"]},
+    )
     c = T.correlate(scores, gt, n_boot=200)
     assert float(c.weighted_tau.sel(metric="good")) == pytest.approx(weightedtau(good, gt).statistic)
     assert float(c.kendall_tau.sel(metric="reversed")) == pytest.approx(-1.0)
     assert float(c.top_k_relative_accuracy.sel(metric="good")) == 1.0
-    assert c.weighted_tau_low.sel(metric="good") <= c.weighted_tau.sel(metric="good") <= c.weighted_tau_high.sel(metric="good")
+    assert (
+        c.weighted_tau_low.sel(metric="good")
+        <= c.weighted_tau.sel(metric="good")
+        <= c.weighted_tau_high.sel(metric="good")
+    )
 
 
 def test_bootstrap_score_interval_contains_the_score():
@@ -211,16 +223,18 @@ def test_rank_and_harness_on_the_zoo(zoo_built):
     rng = torch.get_rng_state()
     acc = T.linear_probe_accuracy(m, (x, y), zt.target_data("digits-5to9", "test"))
     assert acc.dims == () and acc.name == "accuracy" and acc.attrs["probe"] == "transfer.linear_probe_accuracy"
-    assert float(acc) == pytest.approx(float(gt.linear_probe_acc.sel(source="src-mlp-0to4", target="digits-5to9")),
-                                       abs=1e-9)
+    assert float(acc) == pytest.approx(
+        float(gt.linear_probe_acc.sel(source="src-mlp-0to4", target="digits-5to9")), abs=1e-9
+    )
     ft = T.finetune_accuracy(m, (x, y), zt.target_data("digits-5to9", "test"))
     assert ft.dims == () and ft.attrs["seed"] == 0
     assert float(ft) == pytest.approx(float(gt.finetune_acc.sel(source="src-mlp-0to4", target="digits-5to9")), abs=1e-9)
     assert s.matches(m)
     zoo.load("src-cnn-0to4")
     assert torch.equal(rng, torch.get_rng_state())  # the harness and zoo loads leave the user's RNG alone
-    layers = T.rank({"mlp": m}, (x, y), metrics=["logme"], layers=["features.0", "features.2", "features.3"],
-                    progress=False)
+    layers = T.rank(
+        {"mlp": m}, (x, y), metrics=["logme"], layers=["features.0", "features.2", "features.3"], progress=False
+    )
     assert layers.sizes["layer"] == 3
 
 
@@ -323,8 +337,12 @@ def test_features_errors_name_the_argument():
     with pytest.raises(ValueError, match=r"layers: \['unused'\] did not return a tensor"):
         T.features(Skip(), torch.zeros(3, 2), ["unused"])
     with pytest.raises(ValueError, match="head: the model has no nn.Linear module 'classifier'"):
-        T.finetune_accuracy(m, (torch.zeros(4, 8), torch.tensor([0, 1, 0, 1])),
-                            (torch.zeros(2, 8), torch.tensor([0, 1])), head="classifier")
+        T.finetune_accuracy(
+            m,
+            (torch.zeros(4, 8), torch.tensor([0, 1, 0, 1])),
+            (torch.zeros(2, 8), torch.tensor([0, 1])),
+            head="classifier",
+        )
 
 
 def test_rank_scores_repeat_and_finetune_follows_its_seed():

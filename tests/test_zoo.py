@@ -41,7 +41,7 @@ def test_large_batch_is_sharper_than_small_batch_and_sam(zoo_built):
         v = [torch.randn_like(p) for p in ps]
         lam = 0.0
         for _ in range(iters):
-            nv = torch.sqrt(sum((a ** 2).sum() for a in v))
+            nv = torch.sqrt(sum((a**2).sum() for a in v))
             v = [a / nv for a in v]
             hv = torch.autograd.grad(g, ps, v, retain_graph=True)
             lam = float(sum((a * b).sum() for a, b in zip(hv, v)))
@@ -79,7 +79,8 @@ def test_transfer_ground_truth_has_spread(zoo_built):
     assert gt.finetune_acc.dims == ("source", "target")
     assert np.all((gt.finetune_acc.values > 0.2) & (gt.finetune_acc.values <= 1))
     assert float(gt.linear_probe_acc.sel(source="src-mlp-0to4-narrow").mean()) < float(
-        gt.linear_probe_acc.sel(source="src-cnn-0to4").mean())
+        gt.linear_probe_acc.sel(source="src-cnn-0to4").mean()
+    )
 
 
 def test_checkpoints_load_without_pickle(zoo_built, tmp_path):
@@ -101,8 +102,11 @@ def test_minilm_is_the_real_pretrained_model():
     model, tok = zoo.minilm()
     cfg = model.config
     assert (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size) == (6, 12, 384)
-    enc = tok(["a cat sits on the mat", "a kitten rests on a rug", "stock markets fell sharply"],
-              padding=True, return_tensors="pt")
+    enc = tok(
+        ["a cat sits on the mat", "a kitten rests on a rug", "stock markets fell sharply"],
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         h = model(**enc).last_hidden_state
     m = enc["attention_mask"].unsqueeze(-1).float()

@@ -7,6 +7,7 @@ cancel, device)`` that return xarray objects with provenance. Packages by concep
 :mod:`workbench.widgets` and :mod:`workbench.reports` are imported on first use, so
 ``import workbench`` loads neither plotly nor ipywidgets.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -20,11 +21,36 @@ from .registry import Cancelled, Tags, probe, probes  # noqa: E402
 from .results import concat, load, save  # noqa: E402
 from .state import preserve  # noqa: E402
 
-_LAZY = ("landscape", "curvature", "sharpness", "attention", "transfer", "plots", "widgets", "reports", "zoo",
-         "testing")
+_LAZY = (
+    "landscape",
+    "curvature",
+    "sharpness",
+    "attention",
+    "transfer",
+    "plots",
+    "widgets",
+    "reports",
+    "zoo",
+    "testing",
+)
 
-__all__ = ["__version__", "set_threads", "get_threads", "threads", "save", "load", "concat", "preserve", "evaluate",
-           "Objective", "probe", "probes", "Tags", "Cancelled", *_LAZY]
+__all__ = [
+    "__version__",
+    "set_threads",
+    "get_threads",
+    "threads",
+    "save",
+    "load",
+    "concat",
+    "preserve",
+    "evaluate",
+    "Objective",
+    "probe",
+    "probes",
+    "Tags",
+    "Cancelled",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str):

@@ -12,6 +12,7 @@ are averaged (``mean``) or maxed (``max``) over space; token sequences ``(B, T, 
 holds one), ``cls`` (the first token), ``max`` or ``flatten``. Anything still above two dims is
 flattened. This module knows no probe: it neither sets train/eval flags nor turns off autograd.
 """
+
 from __future__ import annotations
 
 import functools
@@ -99,7 +100,7 @@ def chunks(inputs: Any, size: int = 512) -> list:
     [2, 2, 1]
     """
     if isinstance(inputs, torch.Tensor):
-        return [inputs[i:i + size] for i in range(0, inputs.shape[0], size)]
+        return [inputs[i : i + size] for i in range(0, inputs.shape[0], size)]
     return [inputs]
 
 
@@ -114,9 +115,16 @@ def _keep_input(seen: dict, name: str, module, args, kwargs) -> None:
     seen[name] = first
 
 
-def capture_batch(model: nn.Module, inputs: Any, layers: Sequence[str], *, pool: str = "mean",
-                  input_of: bool = False, mask_key: str = "attention_mask",
-                  kwargs: Mapping | None = None) -> tuple[dict[str, torch.Tensor], Any]:
+def capture_batch(
+    model: nn.Module,
+    inputs: Any,
+    layers: Sequence[str],
+    *,
+    pool: str = "mean",
+    input_of: bool = False,
+    mask_key: str = "attention_mask",
+    kwargs: Mapping | None = None,
+) -> tuple[dict[str, torch.Tensor], Any]:
     """One forward pass ``call_model(model, inputs, kwargs)``; returns ``({layer: pooled (B, D)
     tensor}, model output)``. ``input_of=True`` reads each module's (first) input instead of its
     output; an output tuple gives its first item, a HuggingFace output its ``last_hidden_state``.
@@ -136,8 +144,9 @@ def capture_batch(model: nn.Module, inputs: Any, layers: Sequence[str], *, pool:
     try:
         for name in layers:
             if input_of:
-                handles.append(mods[name].register_forward_pre_hook(functools.partial(_keep_input, seen, name),
-                                                                    with_kwargs=True))
+                handles.append(
+                    mods[name].register_forward_pre_hook(functools.partial(_keep_input, seen, name), with_kwargs=True)
+                )
             else:
                 handles.append(mods[name].register_forward_hook(functools.partial(_keep_output, seen, name)))
         out = call_model(model, inputs, kwargs)
@@ -146,15 +155,24 @@ def capture_batch(model: nn.Module, inputs: Any, layers: Sequence[str], *, pool:
             h.remove()
     lost = [l for l in layers if not isinstance(seen.get(l), torch.Tensor)]
     if lost:
-        raise ValueError(f"layers: {lost} did not {'receive' if input_of else 'return'} a tensor in the model's "
-                         "forward (never called?); name modules that the forward runs")
+        raise ValueError(
+            f"layers: {lost} did not {'receive' if input_of else 'return'} a tensor in the model's "
+            "forward (never called?); name modules that the forward runs"
+        )
     mask = inputs.get(mask_key) if isinstance(inputs, Mapping) else None
     return {l: pooled(seen[l], pool, mask) for l in layers}, out
 
 
-def stream(model: nn.Module, data: Any, layers: Sequence[str], *, pool: str = "mean", input_of: bool = False,
-           mask_key: str = "attention_mask", device: torch.device | str | None = None
-           ) -> Iterator[tuple[dict[str, torch.Tensor], Any]]:
+def stream(
+    model: nn.Module,
+    data: Any,
+    layers: Sequence[str],
+    *,
+    pool: str = "mean",
+    input_of: bool = False,
+    mask_key: str = "attention_mask",
+    device: torch.device | str | None = None,
+) -> Iterator[tuple[dict[str, torch.Tensor], Any]]:
     """:func:`capture_batch` over every input batch of ``data`` (see
     :func:`workbench.data.input_batches`: one batch, an ``(inputs, labels)`` pair whose labels are
     dropped, or a DataLoader / list of batches), moved to ``device``; yields ``(activations, output)``.

@@ -8,6 +8,7 @@ torch's own setting afterwards, so the user's session is left as it was.
 The count comes from, in order: :func:`set_threads`, the environment variable
 ``WORKBENCH_THREADS``, else torch's current setting (unchanged).
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -8,6 +8,7 @@ Every quantity a probe reduces over batches is *sample-weighted*:
 ``L = sum_b n_b L_b / N`` with ``L_b`` the mean loss of batch ``b``, so the result equals the
 full-batch quantity exactly even when the last batch is short.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -160,7 +161,7 @@ class Data:
         x, y = self.materialize()
         perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).to(_first(x).device)
         for start in range(0, self.n - m + 1, m):
-            idx = perm[start:start + m]
+            idx = perm[start : start + m]
             yield _index(x, idx), _index(y, idx), m
 
     def materialize(self):
@@ -213,12 +214,16 @@ def _cat(parts):
 def _is_batch_list(data) -> bool:
     """A list of two (inputs, targets) batches looks like a pair; tell them apart."""
     return isinstance(data, list) and all(
-        isinstance(b, (tuple, list)) and len(b) == 2 and isinstance(b[1], torch.Tensor) for b in data)
+        isinstance(b, (tuple, list)) and len(b) == 2 and isinstance(b[1], torch.Tensor) for b in data
+    )
 
 
 def as_data(data, device=None, dtype=None, check_finite: bool = True) -> Data:
-    return data if isinstance(data, Data) and data.device == device and data.dtype == dtype else Data(
-        data, device, dtype, check_finite)
+    return (
+        data
+        if isinstance(data, Data) and data.device == device and data.dtype == dtype
+        else Data(data, device, dtype, check_finite)
+    )
 
 
 def call_model(model, inputs, kwargs: Mapping | None = None):
@@ -253,19 +258,27 @@ def input_batches(data, device=None, what: str = "inputs") -> list:
 
     if isinstance(data, Data):
         batches = [x for x, _, _ in data.batches()]
-    elif isinstance(data, DataLoader) or (isinstance(data, list) and data and not _is_labelled(data) and
-                                          all(isinstance(b, (Mapping, torch.Tensor, tuple, list)) for b in data)):
+    elif isinstance(data, DataLoader) or (
+        isinstance(data, list)
+        and data
+        and not _is_labelled(data)
+        and all(isinstance(b, (Mapping, torch.Tensor, tuple, list)) for b in data)
+    ):
         batches = list(data)
     elif isinstance(data, (torch.Tensor, Mapping, tuple)) or _is_labelled(data):
         batches = [data]
     elif isinstance(data, Iterable) and iter(data) is data:
-        raise TypeError(f"{what}: a one-shot iterator/generator cannot be iterated more than once; pass a "
-                        "DataLoader, a list of batches or one batch")
+        raise TypeError(
+            f"{what}: a one-shot iterator/generator cannot be iterated more than once; pass a "
+            "DataLoader, a list of batches or one batch"
+        )
     elif isinstance(data, list) and not data:
         raise ValueError(f"{what}: empty; pass a tensor, a mapping of tensors, or a DataLoader of them")
     else:
-        raise TypeError(f"{what}: expected a tensor, a mapping or tuple of tensors, an (inputs, labels) pair, or a "
-                        f"DataLoader / list of such batches; got {type(data).__name__}")
+        raise TypeError(
+            f"{what}: expected a tensor, a mapping or tuple of tensors, an (inputs, labels) pair, or a "
+            f"DataLoader / list of such batches; got {type(data).__name__}"
+        )
     out = []
     for b in batches:
         b = b[0] if _is_labelled(b) else b

@@ -1,4 +1,5 @@
 """The simplest probe: mean loss and accuracy of a model on data."""
+
 from __future__ import annotations
 
 import xarray as xr

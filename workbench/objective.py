@@ -9,6 +9,7 @@ Modes: ``"eval"`` (default: BatchNorm uses running statistics, dropout off) or `
 copies of its buffers). The mode is applied around each forward pass and the modules' own flags
 are put back, so an Objective can be used outside a probe.
 """
+
 from __future__ import annotations
 
 import torch
@@ -66,14 +67,14 @@ class Objective:
     (4.0, 0.0)
     """
 
-    def __init__(self, model: nn.Module, loss_fn, data, params=None, mode: str = "eval", device=None,
-                 on_batch=None):
+    def __init__(self, model: nn.Module, loss_fn, data, params=None, mode: str = "eval", device=None, on_batch=None):
         check_model(model)
         if not callable(loss_fn):
             raise TypeError(f"loss_fn: expected a callable loss_fn(outputs, targets), got {type(loss_fn).__name__}")
         if mode not in ("eval", "train"):
-            raise ValueError(f"mode: expected 'eval' (running statistics, no dropout) or 'train' (batch statistics), "
-                             f"got {mode!r}")
+            raise ValueError(
+                f"mode: expected 'eval' (running statistics, no dropout) or 'train' (batch statistics), got {mode!r}"
+            )
         self.model = model
         self.loss_fn = loss_fn
         self.mode = mode

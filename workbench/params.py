@@ -5,6 +5,7 @@ subset chosen by parameter/module names or a regex), flattens them to one vector
 ``model.parameters()`` order (row-major), and evaluates the loss at any point ``theta`` of that
 space with ``torch.func.functional_call``: the module's own tensors are never written.
 """
+
 from __future__ import annotations
 
 import re
@@ -47,8 +48,9 @@ def select_parameters(model: nn.Module, params=None) -> list[tuple[str, nn.Param
         rx = re.compile(params)
         chosen = [(n, p) for n, p in named if rx.search(n)]
         if not chosen:
-            raise ValueError(f"params: the regex {params!r} matches no parameter; names look like "
-                             f"{[n for n, _ in named[:4]]}")
+            raise ValueError(
+                f"params: the regex {params!r} matches no parameter; names look like {[n for n, _ in named[:4]]}"
+            )
         return chosen
     if not isinstance(params, Sequence):
         raise TypeError("params: expected None, a regex string or a list of parameter/module names")
@@ -123,12 +125,14 @@ class ParamSpace:
 
     def unflatten(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
         if vec.shape[-1] != self.numel:
-            raise ValueError(f"direction: a flat vector must have {self.numel} entries (one per parameter in the chosen "
-                             f"space), got {vec.shape[-1]}; build it with ParamSpace(model, params).flatten(...)")
+            raise ValueError(
+                f"direction: a flat vector must have {self.numel} entries (one per parameter in the chosen "
+                f"space), got {vec.shape[-1]}; build it with ParamSpace(model, params).flatten(...)"
+            )
         out, i = {}, 0
         lead = vec.shape[:-1]
         for n, s, k in zip(self.names, self.shapes, self.numels):
-            out[n] = vec[..., i:i + k].reshape(*lead, *s)
+            out[n] = vec[..., i : i + k].reshape(*lead, *s)
             i += k
         for n, al in self.aliases.items():
             for a in al:

@@ -34,6 +34,7 @@ call's model, loss and data) and :meth:`Context.record` (extra entries for ``pro
 Registration records :class:`Tags` (what a probe needs) and an optional *contract case*, a small
 call on a hostile model that :mod:`workbench.testing` runs; without one, a case is built from the tags.
 """
+
 from __future__ import annotations
 
 import functools
@@ -54,8 +55,14 @@ from .config import threads
 from .results import provenance
 from .state import preserve
 
-TAIL_DEFAULTS: dict[str, Any] = {"mode": "eval", "params": None, "seed": 0, "progress": True, "cancel": None,
-                                 "device": None}
+TAIL_DEFAULTS: dict[str, Any] = {
+    "mode": "eval",
+    "params": None,
+    "seed": 0,
+    "progress": True,
+    "cancel": None,
+    "device": None,
+}
 TAIL = tuple(TAIL_DEFAULTS)
 #: tail keywords a probe may not use (an explicit non-default value is then an error); every probe
 #: honours ``progress`` and ``cancel``
@@ -73,7 +80,8 @@ class Tags:
     """What a probe needs, for the contract checks (scikit-learn's estimator tags are the model).
 
     ``inputs``: ``"pair"`` (``(model, loss_fn, data)`` with labelled data), ``"inputs"`` (``(model,
-    inputs)``, no labels), ``"model"`` (the model alone: weights only), ``"two_models"`` (``(model_a, model_b, loss_fn, data)``), ``"models"``
+    inputs)``, no labels), ``"model"`` (the model alone: weights only), ``"two_models"``
+    (``(model_a, model_b, loss_fn, data)``), ``"models"``
     (``(models, loss_fn, data)``: a list or dict of models). ``attention``: needs a model with
     attention. ``stochastic``: draws random numbers (seeded by ``seed``). ``uses``: which of ``mode``,
     ``params``, ``seed`` and ``device`` change what it computes; the others must stay at their defaults
@@ -117,25 +125,30 @@ def _modules_in(obj, out: list) -> list:
 def check_tail(mode="eval", params=None, seed=0, progress=True, cancel=None, device=None) -> dict:
     """Validate the keyword tail; returns it as a dict (``device`` as a ``torch.device`` or None)."""
     if mode not in ("eval", "train"):
-        raise ValueError(f"mode: expected 'eval' (running statistics, no dropout) or 'train' (batch statistics), "
-                         f"got {mode!r}")
+        raise ValueError(
+            f"mode: expected 'eval' (running statistics, no dropout) or 'train' (batch statistics), got {mode!r}"
+        )
     if params is not None and not isinstance(params, str):
         if not (isinstance(params, (list, tuple)) and all(isinstance(p, str) for p in params)):
-            raise TypeError(f"params: expected None, a regex string or a list of parameter/module names, got "
-                            f"{type(params).__name__}")
+            raise TypeError(
+                f"params: expected None, a regex string or a list of parameter/module names, got "
+                f"{type(params).__name__}"
+            )
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
     if not (isinstance(progress, bool) or callable(progress)):
         raise TypeError(f"progress: expected True, False or a callable progress(done, total), got {progress!r}")
     if cancel is not None and not callable(getattr(cancel, "is_set", None)):
-        raise TypeError(f"cancel: expected None or a threading.Event (anything with is_set()), got "
-                        f"{type(cancel).__name__}")
+        raise TypeError(
+            f"cancel: expected None or a threading.Event (anything with is_set()), got {type(cancel).__name__}"
+        )
     if device is not None:
         try:
             device = torch.device(device)
         except (RuntimeError, TypeError):
-            raise ValueError(f"device: expected None, 'cpu', 'cuda', 'cuda:0', ... or a torch.device, got "
-                             f"{device!r}") from None
+            raise ValueError(
+                f"device: expected None, 'cpu', 'cuda', 'cuda:0', ... or a torch.device, got {device!r}"
+            ) from None
     return dict(mode=mode, params=params, seed=int(seed), progress=progress, cancel=cancel, device=device)
 
 
@@ -224,10 +237,15 @@ class Context:
         own = (model is None or model is self._bound.get("model_a")) and loss_fn is None and data is None
         if own and self._objective is not None:
             return self._objective
-        obj = Objective(self._bound.get("model", self._bound.get("model_a")) if model is None else model,
-                        self._bound["loss_fn"] if loss_fn is None else loss_fn,
-                        self._bound["data"] if data is None else data, params=self.params, mode=self.mode,
-                        device=self.device, on_batch=self.check_cancel)
+        obj = Objective(
+            self._bound.get("model", self._bound.get("model_a")) if model is None else model,
+            self._bound["loss_fn"] if loss_fn is None else loss_fn,
+            self._bound["data"] if data is None else data,
+            params=self.params,
+            mode=self.mode,
+            device=self.device,
+            on_batch=self.check_cancel,
+        )
         if own:
             self._objective = obj
             self.data = obj.data
@@ -256,8 +274,9 @@ def _tail_signature(sig: inspect.Signature) -> inspect.Signature:
     have = {p.name for p in params}
     clash = have & set(TAIL)
     if clash:
-        raise TypeError(f"@probe: the body declares {sorted(clash)}; the tail is supplied by the decorator "
-                        "(read it from ctx)")
+        raise TypeError(
+            f"@probe: the body declares {sorted(clash)}; the tail is supplied by the decorator (read it from ctx)"
+        )
     tail = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in TAIL_DEFAULTS.items()]
     return sig.replace(parameters=params + tail + var_kw)
 
@@ -295,8 +314,10 @@ def probe(name: str, *, case: Callable | None = None, tags: Tags | None = None):
             tail = check_tail(**{**TAIL_DEFAULTS, **tail_kw})
             for k, v in tail_kw.items():
                 if k in OPTIONAL and k not in tags.uses and v is not TAIL_DEFAULTS[k] and v != TAIL_DEFAULTS[k]:
-                    raise ValueError(f"{k}: {name} does not use {k!r} (it uses {', '.join(tags.uses) or 'none'} of "
-                                     f"the keyword tail); leave it at its default {TAIL_DEFAULTS[k]!r}")
+                    raise ValueError(
+                        f"{k}: {name} does not use {k!r} (it uses {', '.join(tags.uses) or 'none'} of "
+                        f"the keyword tail); leave it at its default {TAIL_DEFAULTS[k]!r}"
+                    )
             try:
                 bound = body_sig.bind(*args, **kwargs)
             except TypeError as e:
@@ -304,8 +325,9 @@ def probe(name: str, *, case: Callable | None = None, tags: Tags | None = None):
             bound.apply_defaults()
             arguments = dict(bound.arguments)
             ctx = Context(name, tail, arguments)
-            mods = list({id(m): m for m in _modules_in([arguments[k] for k in SUBJECTS if k in arguments], [])}
-                        .values())
+            mods = list(
+                {id(m): m for m in _modules_in([arguments[k] for k in SUBJECTS if k in arguments], [])}.values()
+            )
             if tail["device"] is not None:
                 _check_device(mods, tail["device"])
             t0 = time.perf_counter()
@@ -318,7 +340,9 @@ def probe(name: str, *, case: Callable | None = None, tags: Tags | None = None):
                 finally:
                     _set_rng_states(rng)
             if not isinstance(out, (xr.DataArray, xr.Dataset)):
-                raise TypeError(f"@probe({name!r}) must return an xarray DataArray or Dataset, got {type(out).__name__}")
+                raise TypeError(
+                    f"@probe({name!r}) must return an xarray DataArray or Dataset, got {type(out).__name__}"
+                )
             recorded = {k: _describe(v) for k, v in arguments.items() if k not in SUBJECTS}
             var_kw = [p.name for p in body_sig.parameters.values() if p.kind is p.VAR_KEYWORD]
             for k in var_kw:  # forward kwargs of a model call: names only (they may hold tensors)
@@ -327,7 +351,14 @@ def probe(name: str, *, case: Callable | None = None, tags: Tags | None = None):
             if "device" in tags.uses:
                 recorded["device"] = None if tail["device"] is None else str(tail["device"])
             recorded.update(ctx.extra_params)
-            attrs = provenance(name, recorded, _subject_model(arguments), ctx.data, ctx.seed if tags.stochastic else None, time.perf_counter() - t0)
+            attrs = provenance(
+                name,
+                recorded,
+                _subject_model(arguments),
+                ctx.data,
+                ctx.seed if tags.stochastic else None,
+                time.perf_counter() - t0,
+            )
             if isinstance(arguments.get("model_b"), nn.Module):
                 from .results import model_fingerprint
 
@@ -365,9 +396,13 @@ def _describe(v):
 def _check_device(mods, device: torch.device) -> None:
     for m in mods:
         for p in m.parameters():
-            if p.device.type != device.type or (device.index is not None and p.device.index not in (None, device.index)):
-                raise ValueError(f"device: the model's parameters are on {p.device}, not {device}; move the model "
-                                 f"first (model.to({str(device)!r})) or leave device=None to use the model's device")
+            if p.device.type != device.type or (
+                device.index is not None and p.device.index not in (None, device.index)
+            ):
+                raise ValueError(
+                    f"device: the model's parameters are on {p.device}, not {device}; move the model "
+                    f"first (model.to({str(device)!r})) or leave device=None to use the model's device"
+                )
             break
 
 

@@ -7,6 +7,7 @@ so that :func:`save` followed by :func:`load` gives back an equal object, attrs 
 Provenance attrs: ``probe``, ``probe_params`` (JSON), ``model_fingerprint``,
 ``data_fingerprint``, ``seed``, ``versions`` (JSON), ``wall_time_s``, ``created``.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -80,13 +81,14 @@ def _jsonable(v):
     return repr(v)[:200]
 
 
-def provenance(probe: str, params: dict, model: nn.Module | None = None, data=None, seed=None,
-               wall_time_s: float | None = None) -> dict:
+def provenance(
+    probe: str, params: dict, model: nn.Module | None = None, data=None, seed=None, wall_time_s: float | None = None
+) -> dict:
     attrs = {
         "probe": probe,
         "probe_params": json.dumps(_jsonable(params), sort_keys=True),
         "versions": json.dumps(versions(), sort_keys=True),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     if model is not None:
         attrs["model_fingerprint"] = model_fingerprint(model)

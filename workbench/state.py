@@ -15,6 +15,7 @@ untouched, and a changed one raises :class:`ModelModifiedError` naming it (it ca
 outside the probe, e.g. a loss or hook writing into the weights). Writes through ``tensor.data``
 bypass version counters; none of workbench's code does that.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,13 +57,25 @@ def snapshot(model: nn.Module, copy: bool | None = None) -> ModelState:
     params = []
     for n, p in model.named_parameters():
         g = p.grad
-        params.append((n, p, _tag(p), p.detach().clone() if copy else None, p.requires_grad, g,
-                       None if g is None else _tag(g), None if (g is None or not copy) else g.detach().clone()))
+        params.append(
+            (
+                n,
+                p,
+                _tag(p),
+                p.detach().clone() if copy else None,
+                p.requires_grad,
+                g,
+                None if g is None else _tag(g),
+                None if (g is None or not copy) else g.detach().clone(),
+            )
+        )
     buffers = []
     for mn, mod in model.named_modules():
         for key, b in mod._buffers.items():
             if b is not None:
-                buffers.append((mod, key, f"{mn}.{key}" if mn else key, b, _tag(b), b.detach().clone() if copy else None))
+                buffers.append(
+                    (mod, key, f"{mn}.{key}" if mn else key, b, _tag(b), b.detach().clone() if copy else None)
+                )
     training = [(m, m.training) for m in model.modules()]
     return ModelState(params, buffers, training, copy)
 
@@ -98,11 +111,14 @@ def diff_state(state: ModelState, model: nn.Module) -> list[str]:
         if p.requires_grad != rg:
             out.append(f"parameter {name} requires_grad changed")
         if (p.grad is None) != (g is None) or (g is not None and p.grad is not g):
-            out.append(f"parameter {name} .grad presence changed" if (p.grad is None) != (g is None)
-                       else f"parameter {name} .grad object replaced")
+            out.append(
+                f"parameter {name} .grad presence changed"
+                if (p.grad is None) != (g is None)
+                else f"parameter {name} .grad object replaced"
+            )
         elif g is not None and _changed(g, gtag, gval):
             out.append(f"parameter {name} .grad values changed")
-    for mod, key, name, b, tag, value in state.buffers:
+    for mod, key, _name, b, tag, value in state.buffers:
         cur = mod._buffers.get(key)
         if cur is None or cur is not b or _changed(b, tag, value):
             out.append(f"buffer {type(mod).__name__}.{key} changed")
@@ -143,7 +159,8 @@ def restore(state: ModelState) -> None:
         raise ModelModifiedError(
             f"the model's tensors {lost[:5]} were modified in place during the probe (by code outside workbench, e.g. "
             "a loss_fn or hook) and could not be restored: models over WORKBENCH_SNAPSHOT_MB are not copied. Raise "
-            "WORKBENCH_SNAPSHOT_MB above the model's size to have them restored")
+            "WORKBENCH_SNAPSHOT_MB above the model's size to have them restored"
+        )
 
 
 @contextlib.contextmanager
@@ -165,8 +182,9 @@ def preserve(*models: nn.Module):
 
 def _check_mode(mode: str) -> None:
     if mode not in ("eval", "train"):
-        raise ValueError(f"mode: expected 'eval' (running statistics, no dropout) or 'train' (batch statistics), "
-                         f"got {mode!r}")
+        raise ValueError(
+            f"mode: expected 'eval' (running statistics, no dropout) or 'train' (batch statistics), got {mode!r}"
+        )
 
 
 def set_mode(model: nn.Module, mode: str) -> None:

@@ -4,6 +4,7 @@ For a Rademacher start ``v``, ``m`` Lanczos steps give the tridiagonal ``T = U d
 the Gauss quadrature nodes ``lambda_k`` with weights ``tau_k = U[0, k]^2`` approximate the spectral
 measure ``v^T delta(t - H) v / ||v||^2``, whose mean over starts is the eigenvalue density.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -21,8 +22,9 @@ from .operators import HessianOperator
 from .probing import rademacher
 
 
-def slq(matvec: Callable[[np.ndarray], np.ndarray], P: int, n_runs: int, m: int,
-        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def slq(
+    matvec: Callable[[np.ndarray], np.ndarray], P: int, n_runs: int, m: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Stochastic Lanczos quadrature: for each of ``n_runs`` Rademacher starts, ``m`` Lanczos steps give
     nodes ``lambda_k`` (eigenvalues of T) and weights ``tau_k = u_k[0]^2`` (they sum to 1). Returns
     (nodes, weights), each of shape ``(n_runs, m)`` (NaN nodes, zero weights where Lanczos stopped early).
@@ -57,11 +59,12 @@ def gaussian_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, s
     lam = nodes[ok]
     w = weights[ok] / nodes.shape[0]
     z = (grid[:, None] - lam[None, :]) / sigma
-    return (np.exp(-0.5 * z ** 2) / (sigma * np.sqrt(2 * np.pi))) @ w
+    return (np.exp(-0.5 * z**2) / (sigma * np.sqrt(2 * np.pi))) @ w
 
 
-def density_from_nodes(nodes: ArrayLike, weights: ArrayLike, sigma: float | None = None, grid: ArrayLike | None = None,
-                       n_grid: int = 400) -> xr.DataArray:
+def density_from_nodes(
+    nodes: ArrayLike, weights: ArrayLike, sigma: float | None = None, grid: ArrayLike | None = None, n_grid: int = 400
+) -> xr.DataArray:
     """Gaussian-smoothed SLQ density over an ``eigenvalue`` grid from nodes and weights ``(n_runs, m)``
     (a 1-D pair is one run): re-smooth a :func:`spectral_density` at any width without new HVPs.
 
@@ -88,17 +91,36 @@ def density_from_nodes(nodes: ArrayLike, weights: ArrayLike, sigma: float | None
         grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, n_grid)
     grid = np.asarray(grid, float)
     dens = gaussian_density(nodes, weights, grid, sigma)
-    return xr.DataArray(dens, dims="eigenvalue", coords={"eigenvalue": grid}, name="density",
-                        attrs={"long_name": "Hessian eigenvalue density", "units": "1 / eigenvalue", "sigma": sigma,
-                               "slq_nodes": np.nan_to_num(nodes.ravel(), nan=0.0),
-                               "slq_weights": weights.ravel(), "n_runs": int(nodes.shape[0])})
+    return xr.DataArray(
+        dens,
+        dims="eigenvalue",
+        coords={"eigenvalue": grid},
+        name="density",
+        attrs={
+            "long_name": "Hessian eigenvalue density",
+            "units": "1 / eigenvalue",
+            "sigma": sigma,
+            "slq_nodes": np.nan_to_num(nodes.ravel(), nan=0.0),
+            "slq_weights": weights.ravel(),
+            "n_runs": int(nodes.shape[0]),
+        },
+    )
 
 
-@probe("curvature.spectral_density", tags=STOCHASTIC,
-       case=lambda: (hostile_case(), {"n_runs": 2, "n_lanczos": 6}))
-def spectral_density(model: nn.Module, loss_fn: Callable, data: Any, n_runs: int = 5, n_lanczos: int = 60, *,
-                     sigma: float | None = None, grid: ArrayLike | None = None, n_grid: int = 400, engine: str = "auto",
-                     ctx) -> xr.DataArray:
+@probe("curvature.spectral_density", tags=STOCHASTIC, case=lambda: (hostile_case(), {"n_runs": 2, "n_lanczos": 6}))
+def spectral_density(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    n_runs: int = 5,
+    n_lanczos: int = 60,
+    *,
+    sigma: float | None = None,
+    grid: ArrayLike | None = None,
+    n_grid: int = 400,
+    engine: str = "auto",
+    ctx,
+) -> xr.DataArray:
     """Hessian eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019):
     ``phi(t) = (1/n_runs) sum_runs sum_k tau_k N(t; lambda_k, sigma^2)`` with nodes lambda_k and
     weights tau_k from ``n_lanczos`` Lanczos steps (HVPs) per Rademacher start.

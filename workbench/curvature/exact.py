@@ -1,4 +1,5 @@
 """The dense Hessian of a small model, to calibrate the matrix-free estimators."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -12,10 +13,21 @@ from ..testing import hostile_case
 from .operators import HessianOperator
 
 
-@probe("curvature.exact_hessian", tags=Tags(inputs="pair", uses=("mode", "params", "device")),
-       case=lambda: (hostile_case(), {"params": ["head"]}))
-def exact_hessian(model: nn.Module, loss_fn: Callable, data: Any, *, max_params: int = 20_000, engine: str = "auto",
-                  chunk: int = 256, ctx) -> xr.DataArray:
+@probe(
+    "curvature.exact_hessian",
+    tags=Tags(inputs="pair", uses=("mode", "params", "device")),
+    case=lambda: (hostile_case(), {"params": ["head"]}),
+)
+def exact_hessian(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    *,
+    max_params: int = 20_000,
+    engine: str = "auto",
+    chunk: int = 256,
+    ctx,
+) -> xr.DataArray:
     """The dense Hessian ``H_ij = d^2 L / d theta_i d theta_j`` of the mean loss (float64 result,
     symmetrised ``(H + H^T) / 2``) over ``(row, col)``, built from P Hessian-vector products in
     blocks of ``chunk`` columns. Refuses more than ``max_params`` parameters. attrs: ``n_hvp``.
@@ -31,11 +43,16 @@ def exact_hessian(model: nn.Module, loss_fn: Callable, data: Any, *, max_params:
     obj = ctx.objective()
     P = obj.space.numel
     if P > max_params:
-        raise ValueError(f"params: the exact Hessian of {P} parameters needs {P * P * 8 / 2**30:.1f} GiB; choose a "
-                         f"parameter subset (params=...) or raise max_params (now {max_params})")
+        raise ValueError(
+            f"params: the exact Hessian of {P} parameters needs {P * P * 8 / 2**30:.1f} GiB; choose a "
+            f"parameter subset (params=...) or raise max_params (now {max_params})"
+        )
     with ctx.bar(P, "exact Hessian") as bar:
         op = HessianOperator(obj, engine=engine, chunk=min(chunk, 64), callback=bar.update)
         H = op.dense(chunk=chunk)
-    return xr.DataArray(H, dims=("row", "col"), name="hessian",
-                        attrs={"long_name": "Hessian of the mean loss", "units": "nats / param^2",
-                               "n_hvp": int(op.n_products)})
+    return xr.DataArray(
+        H,
+        dims=("row", "col"),
+        name="hessian",
+        attrs={"long_name": "Hessian of the mean loss", "units": "nats / param^2", "n_hvp": int(op.n_products)},
+    )

@@ -4,6 +4,7 @@
 the probe :func:`hessian_eigenvalues` applies them (or ``scipy.sparse.linalg.eigsh``) to the Hessian
 of the data loss (:class:`~workbench.curvature.HessianOperator`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -39,9 +40,16 @@ class LanczosResult:
         return np.diag(self.alpha) + np.diag(self.beta[: m - 1], 1) + np.diag(self.beta[: m - 1], -1)
 
 
-def lanczos(matvec: Callable[[np.ndarray], np.ndarray], v0: np.ndarray, m: int, k: int | None = None,
-            which: str = "largest", tol: float | None = None, keep_basis: bool = True,
-            min_steps: int | None = None) -> LanczosResult:
+def lanczos(
+    matvec: Callable[[np.ndarray], np.ndarray],
+    v0: np.ndarray,
+    m: int,
+    k: int | None = None,
+    which: str = "largest",
+    tol: float | None = None,
+    keep_basis: bool = True,
+    min_steps: int | None = None,
+) -> LanczosResult:
     """``m`` steps of Lanczos with full reorthogonalisation (twice, Kahan-Parlett) from ``v0``.
 
     With ``k`` and ``tol`` the iteration stops as soon as the ``k`` extreme Ritz values on the
@@ -107,9 +115,20 @@ def ritz(res: LanczosResult, k: int, which: str = "largest") -> tuple[np.ndarray
 
 
 @probe("curvature.hessian_eigenvalues", tags=STOCHASTIC, case=lambda: (hostile_case(), {"k": 2}))
-def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, data: Any, k: int = 5, which: str = "largest", *,
-                        method: str = "lanczos", tol: float = 1e-3, max_hvp: int | None = None,
-                        return_eigenvectors: bool = False, engine: str = "auto", ctx) -> xr.Dataset:
+def hessian_eigenvalues(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    k: int = 5,
+    which: str = "largest",
+    *,
+    method: str = "lanczos",
+    tol: float = 1e-3,
+    max_hvp: int | None = None,
+    return_eigenvectors: bool = False,
+    engine: str = "auto",
+    ctx,
+) -> xr.Dataset:
     """The ``k`` largest (or smallest) algebraic eigenvalues of the Hessian of the data loss.
 
     ``method="lanczos"``: Lanczos with full reorthogonalisation from a seeded Rademacher start,
@@ -148,15 +167,21 @@ def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, data: Any, k: int =
             vals, S, resid = ritz(res, k, which)
             vecs = res.Q @ S if return_eigenvectors else None
         else:
-            vals, vecs = eigsh(op.to_scipy(), k=k, which="LA" if which == "largest" else "SA", v0=v0,
-                               tol=tol * 1e-3, maxiter=max_hvp)
+            vals, vecs = eigsh(
+                op.to_scipy(), k=k, which="LA" if which == "largest" else "SA", v0=v0, tol=tol * 1e-3, maxiter=max_hvp
+            )
             order = np.argsort(vals)[::-1] if which == "largest" else np.argsort(vals)
             vals, vecs = vals[order], vecs[:, order]
             resid = np.linalg.norm(op.matmat_np(vecs) - vecs * vals, axis=0)
     units = "nats / param^2"
-    ds = xr.Dataset({"eigenvalue": ("rank", vals, {"long_name": f"{which} Hessian eigenvalues", "units": units}),
-                     "residual": ("rank", resid, {"long_name": "Ritz residual ||H y - lambda y||", "units": units})},
-                    coords={"rank": np.arange(len(vals))}, attrs={"n_hvp": int(op.n_products)})
+    ds = xr.Dataset(
+        {
+            "eigenvalue": ("rank", vals, {"long_name": f"{which} Hessian eigenvalues", "units": units}),
+            "residual": ("rank", resid, {"long_name": "Ritz residual ||H y - lambda y||", "units": units}),
+        },
+        coords={"rank": np.arange(len(vals))},
+        attrs={"n_hvp": int(op.n_products)},
+    )
     if return_eigenvectors:
         ds["eigenvector"] = (("rank", "param"), vecs.T, {"long_name": "unit eigenvectors (flat, parameters() order)"})
     return ds

@@ -19,6 +19,7 @@ the Hessian of the full-data mean loss. Engines:
 No ``.backward()`` is ever called: nothing accumulates in ``.grad`` and no reference cycle keeps
 graphs alive (PyHessian issue #28).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -55,8 +56,13 @@ class CurvatureOperator:
     ([1.0, 2.0, 3.0], 1, [1.0, 2.0, 3.0])
     """
 
-    def __init__(self, size: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 callback: Callable[[int], object] | None = None):
+    def __init__(
+        self,
+        size: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        callback: Callable[[int], object] | None = None,
+    ):
         self.shape = (int(size), int(size))
         self.device = torch.device(device)
         self.dtype = dtype
@@ -97,8 +103,9 @@ class CurvatureOperator:
 
     def to_scipy(self) -> LinearOperator:
         """The operator as a float64 ``scipy.sparse.linalg.LinearOperator`` (symmetric: rmatvec = matvec)."""
-        return LinearOperator(self.shape, matvec=self.matvec_np, rmatvec=self.matvec_np, matmat=self.matmat_np,
-                              dtype=np.float64)
+        return LinearOperator(
+            self.shape, matvec=self.matvec_np, rmatvec=self.matvec_np, matmat=self.matmat_np, dtype=np.float64
+        )
 
     def dense(self, chunk: int | None = None) -> np.ndarray:
         """The full ``P x P`` matrix (float64 numpy) from column blocks ``A I[:, s:s+chunk]``, symmetrised."""
@@ -107,7 +114,7 @@ class CurvatureOperator:
         H = np.empty((P, P))
         eye = torch.eye(P, dtype=self.dtype, device=self.device)
         for s in range(0, P, c):
-            H[:, s:s + c] = self._rows(eye[s:s + c]).double().cpu().numpy().T
+            H[:, s : s + c] = self._rows(eye[s : s + c]).double().cpu().numpy().T
         return 0.5 * (H + H.T)
 
 
@@ -128,8 +135,14 @@ class HessianOperator(CurvatureOperator):
     ([[1.0, 0.0], [0.0, 1.0]], 2)
     """
 
-    def __init__(self, objective: Objective, theta: torch.Tensor | None = None, engine: str = "auto",
-                 chunk: int = 16, callback: Callable[[int], object] | None = None):
+    def __init__(
+        self,
+        objective: Objective,
+        theta: torch.Tensor | None = None,
+        engine: str = "auto",
+        chunk: int = 16,
+        callback: Callable[[int], object] | None = None,
+    ):
         if engine not in ENGINES:
             raise ValueError(f"engine: expected 'auto', 'func' or 'double_backward', got {engine!r}")
         if not isinstance(objective, Objective):
@@ -153,7 +166,7 @@ class HessianOperator(CurvatureOperator):
                 out += hv(V[0])[None] * (n / obj.data.n)
             else:
                 for s in range(0, V.shape[0], self.chunk):
-                    out[s:s + self.chunk] += vmap(hv)(V[s:s + self.chunk]) * (n / obj.data.n)
+                    out[s : s + self.chunk] += vmap(hv)(V[s : s + self.chunk]) * (n / obj.data.n)
         return out
 
     def _double_backward(self, V: torch.Tensor) -> torch.Tensor:
@@ -179,7 +192,10 @@ class HessianOperator(CurvatureOperator):
             return self._func(V)
         except (RuntimeError, NotImplementedError, TypeError) as e:
             out = self._double_backward(V)  # a genuine error in the model raises here too, unchanged
-            warnings.warn(f"torch.func HVP failed ({type(e).__name__}: {str(e)[:120]}); using double "
-                          "backward for this probe", RuntimeWarning, stacklevel=4)
+            warnings.warn(
+                f"torch.func HVP failed ({type(e).__name__}: {str(e)[:120]}); using double backward for this probe",
+                RuntimeWarning,
+                stacklevel=4,
+            )
             self.engine = "double_backward"
             return out

@@ -1,4 +1,5 @@
 """Random probe vectors for the randomised linear algebra of :mod:`workbench.curvature`."""
+
 from __future__ import annotations
 
 import numpy as np

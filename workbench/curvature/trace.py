@@ -3,6 +3,7 @@
 The estimators work on any symmetric operator given by a float64 numpy ``matmat`` (``(P, k) ->
 (P, k)``); the probe :func:`hessian_trace` applies them to the Hessian of the data loss.
 """
+
 from __future__ import annotations
 
 import copy
@@ -117,19 +118,40 @@ def xtrace(matmat: MatMat, P: int, n: int, rng: np.random.Generator) -> tuple[fl
 def _trace_result(est, se, n_hvp: int, method: str, confidence: float, P: int) -> xr.DataArray:
     z = float(norm.ppf(0.5 + confidence / 2))
     se = float(se) if se is not None else math.nan
-    return xr.DataArray(float(est), name="trace", attrs={
-        "long_name": "Hessian trace", "units": "nats / param^2", "stderr": se, "ci_low": float(est) - z * se,
-        "ci_high": float(est) + z * se, "confidence": float(confidence), "n_hvp": int(n_hvp), "method": method,
-        "trace_per_param": float(est) / P})
+    return xr.DataArray(
+        float(est),
+        name="trace",
+        attrs={
+            "long_name": "Hessian trace",
+            "units": "nats / param^2",
+            "stderr": se,
+            "ci_low": float(est) - z * se,
+            "ci_high": float(est) + z * se,
+            "confidence": float(confidence),
+            "n_hvp": int(n_hvp),
+            "method": method,
+            "trace_per_param": float(est) / P,
+        },
+    )
 
 
 METHODS = ("hutchinson", "hutch++", "xtrace", "exact")
 
 
 @probe("curvature.hessian_trace", tags=STOCHASTIC, case=lambda: (hostile_case(), {"n_hvp": 12}))
-def hessian_trace(model: nn.Module, loss_fn: Callable, data: Any, n_hvp: int = 99, method: str = "hutch++", *,
-                  rtol: float | None = None, max_hvp: int = 2000, confidence: float = 0.95, engine: str = "auto",
-                  ctx) -> xr.DataArray:
+def hessian_trace(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    n_hvp: int = 99,
+    method: str = "hutch++",
+    *,
+    rtol: float | None = None,
+    max_hvp: int = 2000,
+    confidence: float = 0.95,
+    engine: str = "auto",
+    ctx,
+) -> xr.DataArray:
     """Trace of the Hessian of the data loss, ``tr H = sum_i H_ii``.
 
     ``method``: ``"hutchinson"`` (``mean z^T H z`` over Rademacher z), ``"hutch++"`` (low-rank part
@@ -154,8 +176,9 @@ def hessian_trace(model: nn.Module, loss_fn: Callable, data: Any, n_hvp: int = 9
     if rtol is not None and not rtol > 0:
         raise ValueError(f"rtol: the target relative half-width of the confidence interval must be > 0, got {rtol}")
     if rtol is not None and method == "xtrace":
-        raise ValueError("rtol: CI-based stopping is available for 'hutchinson' and 'hutch++'; XTrace is not "
-                         "incremental")
+        raise ValueError(
+            "rtol: CI-based stopping is available for 'hutchinson' and 'hutch++'; XTrace is not incremental"
+        )
     if not 0 < confidence < 1:
         raise ValueError(f"confidence: expected a level in (0, 1), e.g. 0.95, got {confidence}")
     if method != "exact" and n_hvp < 4:

@@ -5,6 +5,7 @@ Probes: :func:`slice_1d`, :func:`slice_2d`, :func:`interpolate`, :func:`pca_dire
 :func:`random_direction`, :func:`random_directions`, :func:`checkpoint_direction`, :func:`normalize`
 (:data:`NORMALIZATIONS`). The lattice evaluator is :class:`~workbench.landscape.grid.Grid`.
 """
+
 from .connectivity import interpolate, repaired_buffers
 from .directions import (
     NORMALIZATIONS,
@@ -21,6 +22,20 @@ from .directions import (
 from .grid import Grid
 from .slices import slice_1d, slice_2d
 
-__all__ = ["slice_1d", "slice_2d", "interpolate", "pca_directions", "random_direction", "random_directions",
-           "checkpoint_direction", "normalize", "NORMALIZATIONS", "ONE_D", "child_seeds", "check_same_space",
-           "as_direction", "repaired_buffers", "Grid"]
+__all__ = [
+    "slice_1d",
+    "slice_2d",
+    "interpolate",
+    "pca_directions",
+    "random_direction",
+    "random_directions",
+    "checkpoint_direction",
+    "normalize",
+    "NORMALIZATIONS",
+    "ONE_D",
+    "child_seeds",
+    "check_same_space",
+    "as_direction",
+    "repaired_buffers",
+    "Grid",
+]

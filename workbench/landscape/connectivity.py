@@ -6,6 +6,7 @@ al. (2020, "Linear Mode Connectivity and the Lottery Ticket Hypothesis"),
 :func:`repaired_buffers` recomputes BatchNorm running statistics at a point of the path (Jordan et
 al. 2023, "REPAIR"), with ``torch.optim.swa_utils.update_bn`` semantics.
 """
+
 from __future__ import annotations
 
 import math
@@ -87,12 +88,22 @@ def repaired_buffers(obj: Objective, theta: torch.Tensor, data: Data | None = No
 
 def _case_interp():
     return (hostile_model(0), hostile_model(1), nn.CrossEntropyLoss(), hostile_data()), dict(
-        coords=[0.0, 0.5, 1.0], bn_repair=True)
+        coords=[0.0, 0.5, 1.0], bn_repair=True
+    )
 
 
 @probe("landscape.interpolate", case=_case_interp, tags=Tags(inputs="two_models", uses=("mode", "params", "device")))
-def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable, data: Any, coords: ArrayLike | None = None,
-                *, steps: int = 21, bn_repair: bool | Any = False, ctx) -> xr.Dataset:
+def interpolate(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    coords: ArrayLike | None = None,
+    *,
+    steps: int = 21,
+    bn_repair: bool | Any = False,
+    ctx,
+) -> xr.Dataset:
     """Loss and accuracy along the linear path ``theta(t) = (1 - t) theta_a + t theta_b``.
 
     Attrs: ``barrier`` (Frankle et al. 2020), ``max_t L(theta(t)) - ((1 - t) L_a + t L_b)`` over t in
@@ -118,8 +129,10 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable, data:
     space_b = ParamSpace(model_b, ctx.params)
     check_same_space(obj.space, space_b)
     if space_b.device != obj.device:
-        raise ValueError(f"model_b: its parameters are on {space_b.device}, model_a's on {obj.device}; move both "
-                         "models to one device")
+        raise ValueError(
+            f"model_b: its parameters are on {space_b.device}, model_a's on {obj.device}; move both "
+            "models to one device"
+        )
     t = lattice_axis(coords, steps, (0.0, 1.0)) if coords is not None else np.linspace(0.0, 1.0, steps)
     ta, tb = obj.theta0, space_b.theta0
     diff = tb - ta
@@ -135,15 +148,22 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Callable, data:
         if repair is not None:
             bufs = repaired_buffers(obj, theta, repair)
         else:  # buffers interpolated like the weights (integer counters taken from model_a)
-            bufs = {k: (v if not v.is_floating_point() else
-                        (v if ti == 0.0 else buf_b[k] if ti == 1.0 else torch.lerp(v, buf_b[k], float(ti))))
-                    for k, v in buf_a.items()}
+            bufs = {
+                k: (
+                    v
+                    if not v.is_floating_point()
+                    else (v if ti == 0.0 else buf_b[k] if ti == 1.0 else torch.lerp(v, buf_b[k], float(ti)))
+                )
+                for k, v in buf_a.items()
+            }
         l, a = obj.evaluate(theta, with_accuracy=True, buffers=bufs)
         loss[i], acc[i] = l, (np.nan if a is None else a)
     mark_nonfinite(loss, "interpolate")
     ds = xr.Dataset(
-        {"loss": ("t", loss, {"long_name": "mean loss", "units": "nats"}),
-         "accuracy": ("t", acc, {"long_name": "top-1 accuracy", "units": "1"})},
+        {
+            "loss": ("t", loss, {"long_name": "mean loss", "units": "nats"}),
+            "accuracy": ("t", acc, {"long_name": "top-1 accuracy", "units": "1"}),
+        },
         coords={"t": ("t", t, {"long_name": "interpolation coefficient t", "units": "1"})},
     )
     inside = (t >= 0) & (t <= 1)

@@ -21,6 +21,7 @@ Normalisation of a random Gaussian direction ``d`` against the weights ``theta``
 :func:`pca_directions` is a probe: the principal directions of a training trajectory (Li et al.
 2018, sec. 7) as an ``xr.Dataset`` that :func:`~workbench.landscape.slice_2d` takes as ``directions``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -34,8 +35,18 @@ from ..params import ParamSpace
 from ..registry import Tags, probe
 from ..testing import hostile_model
 
-__all__ = ["NORMALIZATIONS", "ONE_D", "child_seeds", "normalize", "random_direction", "random_directions",
-           "checkpoint_direction", "check_same_space", "as_direction", "pca_directions"]
+__all__ = [
+    "NORMALIZATIONS",
+    "ONE_D",
+    "child_seeds",
+    "normalize",
+    "random_direction",
+    "random_directions",
+    "checkpoint_direction",
+    "check_same_space",
+    "as_direction",
+    "pca_directions",
+]
 
 NORMALIZATIONS = ("filter", "layer", "model", "none")
 ONE_D = ("zero", "scale", "keep")
@@ -56,8 +67,12 @@ def child_seeds(seed: int, n: int) -> list[int]:
     return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(int(seed)).spawn(n)]
 
 
-def normalize(direction: dict[str, torch.Tensor], theta: dict[str, torch.Tensor], normalization: str = "filter",
-              one_d: str = "zero") -> dict[str, torch.Tensor]:
+def normalize(
+    direction: dict[str, torch.Tensor],
+    theta: dict[str, torch.Tensor],
+    normalization: str = "filter",
+    one_d: str = "zero",
+) -> dict[str, torch.Tensor]:
     """Apply filter/layer/model normalisation and the 1-D policy (see the module docstring).
 
     >>> import torch
@@ -94,8 +109,13 @@ def normalize(direction: dict[str, torch.Tensor], theta: dict[str, torch.Tensor]
     return out
 
 
-def random_direction(model: nn.Module | ParamSpace, seed: int = 0, normalization: str = "filter",
-                     one_d: str = "zero", params: str | list[str] | None = None) -> dict[str, torch.Tensor]:
+def random_direction(
+    model: nn.Module | ParamSpace,
+    seed: int = 0,
+    normalization: str = "filter",
+    one_d: str = "zero",
+    params: str | list[str] | None = None,
+) -> dict[str, torch.Tensor]:
     """A Gaussian N(0, I) direction drawn with ``seed`` (CPU generator: the same on every device),
     normalised (:func:`normalize`) against the model's weights.
 
@@ -108,14 +128,21 @@ def random_direction(model: nn.Module | ParamSpace, seed: int = 0, normalization
     space = _space(model, params)
     g = torch.Generator().manual_seed(int(seed))
     theta = space.unflatten(space.theta0)
-    raw = {n: torch.randn(s, generator=g, dtype=torch.float64).to(space.device, space.dtype)
-           for n, s in zip(space.names, space.shapes)}
+    raw = {
+        n: torch.randn(s, generator=g, dtype=torch.float64).to(space.device, space.dtype)
+        for n, s in zip(space.names, space.shapes)
+    }
     return normalize(raw, theta, normalization, one_d)
 
 
-def random_directions(model: nn.Module | ParamSpace, n: int = 2, seed: int = 0, normalization: str = "filter",
-                      one_d: str = "zero",
-                      params: str | list[str] | None = None) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
+def random_directions(
+    model: nn.Module | ParamSpace,
+    n: int = 2,
+    seed: int = 0,
+    normalization: str = "filter",
+    one_d: str = "zero",
+    params: str | list[str] | None = None,
+) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
     """``n`` independent random directions and their per-direction seeds (``child_seeds(seed, n)``).
 
     >>> import torch
@@ -137,16 +164,18 @@ def check_same_space(a: ParamSpace, b: ParamSpace, what: tuple[str, str] = ("mod
     >>> check_same_space(ParamSpace(torch.nn.Linear(3, 2)), ParamSpace(torch.nn.Linear(3, 2)))  # no error
     """
     if a.names != b.names or a.shapes != b.shapes:
-        diff = [(n1, s1, n2, s2) for n1, s1, n2, s2 in zip(a.names, a.shapes, b.names, b.shapes)
-                if (n1, s1) != (n2, s2)]
+        diff = [
+            (n1, s1, n2, s2) for n1, s1, n2, s2 in zip(a.names, a.shapes, b.names, b.shapes) if (n1, s1) != (n2, s2)
+        ]
         raise ValueError(
             f"{what[0]} and {what[1]} have different parameters ({len(a.names)} vs {len(b.names)} tensors; first "
             f"mismatch {diff[:1]}); they must share one architecture"
         )
 
 
-def checkpoint_direction(model_from: nn.Module, model_to: nn.Module,
-                         params: str | list[str] | None = None) -> dict[str, torch.Tensor]:
+def checkpoint_direction(
+    model_from: nn.Module, model_to: nn.Module, params: str | list[str] | None = None
+) -> dict[str, torch.Tensor]:
     """``theta_to - theta_from`` (the two models must have the same parameter names and shapes).
 
     >>> import torch
@@ -178,9 +207,11 @@ def as_direction(space: ParamSpace, d: Any, what: str = "direction") -> torch.Te
     if isinstance(d, np.ndarray) and d.ndim == 1:  # e.g. a Hessian eigenvector from hessian_eigenvalues
         d = torch.from_numpy(d)
     if isinstance(d, torch.Tensor) and d.dim() == 1 and d.numel() != space.numel and d.numel() > len(space.names):
-        raise ValueError(f"{what}: a flat vector must have {space.numel} entries (the parameter space), got "
-                         f"{d.numel()}; give one value per parameter in model.parameters() order, or a dict by "
-                         "parameter name")
+        raise ValueError(
+            f"{what}: a flat vector must have {space.numel} entries (the parameter space), got "
+            f"{d.numel()}; give one value per parameter in model.parameters() order, or a dict by "
+            "parameter name"
+        )
     if isinstance(d, torch.Tensor) and d.dim() == 1 and d.numel() == space.numel:
         v = d.to(space.device, space.dtype)
     else:
@@ -228,9 +259,11 @@ def pca_directions(models: list[nn.Module] | dict[str, nn.Module], *, n_componen
     if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)) or n_components < 1:
         raise ValueError(f"n_components: expected an int >= 1, got {n_components!r}")
     if len(ms) < n_components + 2:
-        raise ValueError(f"models: PCA of a trajectory needs at least n_components + 2 = {n_components + 2} "
-                         f"checkpoints (the centred differences to the last one span at most n - 2 directions), "
-                         f"got {len(ms)}; pass more checkpoints or a smaller n_components")
+        raise ValueError(
+            f"models: PCA of a trajectory needs at least n_components + 2 = {n_components + 2} "
+            f"checkpoints (the centred differences to the last one span at most n - 2 directions), "
+            f"got {len(ms)}; pass more checkpoints or a smaller n_components"
+        )
     spaces = [_space(m, ctx.params) for m in ms]
     for s in spaces[1:]:
         check_same_space(spaces[0], s, ("models[0]", "a later checkpoint"))
@@ -243,8 +276,10 @@ def pca_directions(models: list[nn.Module] | dict[str, nn.Module], *, n_componen
     evals, evecs = evals[order].clamp_min(0), evecs[:, order]
     rank = int((evals > 1e-12 * evals[0]).sum()) if float(evals[0]) > 0 else 0
     if rank < n_components:
-        raise ValueError(f"n_components: the {len(ms)} checkpoints span only {rank} direction(s) after centring "
-                         f"(the rest is rounding noise); pass n_components={max(rank, 1)} or more checkpoints")
+        raise ValueError(
+            f"n_components: the {len(ms)} checkpoints span only {rank} direction(s) after centring "
+            f"(the rest is rounding noise); pass n_components={max(rank, 1)} or more checkpoints"
+        )
     dirs = []
     for k in range(n_components):
         v = mc.T @ evecs[:, k]
@@ -255,10 +290,18 @@ def pca_directions(models: list[nn.Module] | dict[str, nn.Module], *, n_componen
     ctx.record(n_checkpoints=len(ms), n_params=spaces[-1].numel)
     comp = np.arange(n_components)
     return xr.Dataset(
-        {"direction": (("component", "param"), torch.stack(dirs).cpu().numpy(),
-                       {"long_name": "principal direction (unit norm, flat in parameter order)"}),
-         "explained_variance_ratio": ("component", ratio, {"long_name": "explained variance ratio", "units": "1"}),
-         "coords": (("checkpoint", "component"), coords,
-                    {"long_name": "checkpoint coordinates relative to the last checkpoint"})},
+        {
+            "direction": (
+                ("component", "param"),
+                torch.stack(dirs).cpu().numpy(),
+                {"long_name": "principal direction (unit norm, flat in parameter order)"},
+            ),
+            "explained_variance_ratio": ("component", ratio, {"long_name": "explained variance ratio", "units": "1"}),
+            "coords": (
+                ("checkpoint", "component"),
+                coords,
+                {"long_name": "checkpoint coordinates relative to the last checkpoint"},
+            ),
+        },
         coords={"component": comp, "checkpoint": labels},
     )

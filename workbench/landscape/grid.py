@@ -9,6 +9,7 @@ full-data evaluation per grid point; on a CPU this is already at the forward-pas
 models); ``"auto"`` picks vmap on CUDA. Train mode always loops (batch statistics and dropout are
 not batched over grid points).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -26,8 +27,12 @@ __all__ = ["ENGINES", "lattice_axis", "mark_nonfinite", "Grid"]
 ENGINES = ("auto", "loop", "vmap")
 
 
-def lattice_axis(coords: ArrayLike | None = None, steps: int | None = None, span: float | tuple[float, float] = 1.0,
-                 default_steps: int = 21) -> np.ndarray:
+def lattice_axis(
+    coords: ArrayLike | None = None,
+    steps: int | None = None,
+    span: float | tuple[float, float] = 1.0,
+    default_steps: int = 21,
+) -> np.ndarray:
     """The coefficients of one grid axis: ``coords`` as given (1-D, finite), or ``steps`` points on
     ``[-span, span]`` (``span`` may also be a ``(lo, hi)`` pair) with an exact 0 at the centre.
 
@@ -66,8 +71,11 @@ def mark_nonfinite(values: np.ndarray, what: str) -> np.ndarray:
     bad = ~np.isfinite(values)
     values[bad] = np.nan
     if bad.any():
-        warnings.warn(f"{what}: {int(bad.sum())} of {values.size} grid cells have a non-finite loss; "
-                      "they are NaN in the result", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{what}: {int(bad.sum())} of {values.size} grid cells have a non-finite loss; they are NaN in the result",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return values
 
 
@@ -89,8 +97,9 @@ class Grid:
     [0.0, 4.0]
     """
 
-    def __init__(self, obj: Objective, dirs: list[torch.Tensor], engine: str = "auto", chunk: int = 32,
-                 accuracy: bool = False):
+    def __init__(
+        self, obj: Objective, dirs: list[torch.Tensor], engine: str = "auto", chunk: int = 32, accuracy: bool = False
+    ):
         if engine not in ENGINES:
             raise ValueError(f"engine: expected 'auto', 'loop' or 'vmap', got {engine!r}")
         if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
@@ -125,8 +134,8 @@ class Grid:
                     bar.update(1)
         else:
             for s in range(0, n, self.chunk):
-                part = coeffs[s:s + self.chunk]
-                loss[s:s + len(part)], acc[s:s + len(part)] = self._vmap_eval(part)
+                part = coeffs[s : s + self.chunk]
+                loss[s : s + len(part)], acc[s : s + len(part)] = self._vmap_eval(part)
                 if bar is not None:
                     bar.update(len(part))
         return loss, acc

@@ -9,6 +9,7 @@ the call's ``seed``; the grid is an exact lattice (:mod:`workbench.landscape.gri
 among the coordinates the cell is ``L(theta)`` itself. Non-finite losses are NaN cells with one
 warning. Both return an ``xr.Dataset`` with ``loss`` (and ``accuracy`` when ``accuracy=True``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -41,11 +42,15 @@ def _resolve(space, given, n, seed, normalization, one_d):
     traj, kind, split = None, "explicit", True
     if isinstance(given, xr.Dataset):
         if "direction" not in given or given["direction"].ndim != 2:
-            raise ValueError("directions: a Dataset must be pca_directions(...)'s, with a 'direction' variable "
-                             f"(component, param); got variables {sorted(given.data_vars)}")
+            raise ValueError(
+                "directions: a Dataset must be pca_directions(...)'s, with a 'direction' variable "
+                f"(component, param); got variables {sorted(given.data_vars)}"
+            )
         if given["direction"].shape[0] < n:
-            raise ValueError(f"directions: the Dataset has {given['direction'].shape[0]} component(s), {n} needed; "
-                             f"call pca_directions(..., n_components={n})")
+            raise ValueError(
+                f"directions: the Dataset has {given['direction'].shape[0]} component(s), {n} needed; "
+                f"call pca_directions(..., n_components={n})"
+            )
         if "coords" in given.data_vars:
             traj = given["coords"].values[:, :n]
         given, kind = [given["direction"].values[k] for k in range(n)], "pca"
@@ -53,8 +58,11 @@ def _resolve(space, given, n, seed, normalization, one_d):
         given = [given[k] for k in range(given.shape[0])]  # rows of (component, param), e.g. eigenvectors
     else:
         split = False
-    if n == 1 and not split and not (isinstance(given, (list, tuple)) and len(given) == 1
-                                     and isinstance(given[0], (dict, list, tuple))):
+    if (
+        n == 1
+        and not split
+        and not (isinstance(given, (list, tuple)) and len(given) == 1 and isinstance(given[0], (dict, list, tuple)))
+    ):
         given = [given]  # one direction given as a dict, a list of tensors or a flat vector
     given = list(given)
     if len(given) != n:
@@ -68,10 +76,23 @@ def _case_1d():
 
 
 @probe("landscape.slice_1d", case=_case_1d, tags=Tags(inputs="pair", stochastic=True))
-def slice_1d(model: nn.Module, loss_fn: Callable, data: Any, direction: Any = None, coords: ArrayLike | None = None, *,
-             steps: int | None = None, span: float | tuple[float, float] = 1.0, seeds: Iterable[int] | None = None,
-             normalization: str = "filter", one_d: str = "zero", engine: str = "auto",
-             chunk: int = 32, accuracy: bool = False, ctx) -> xr.Dataset:
+def slice_1d(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    direction: Any = None,
+    coords: ArrayLike | None = None,
+    *,
+    steps: int | None = None,
+    span: float | tuple[float, float] = 1.0,
+    seeds: Iterable[int] | None = None,
+    normalization: str = "filter",
+    one_d: str = "zero",
+    engine: str = "auto",
+    chunk: int = 32,
+    accuracy: bool = False,
+    ctx,
+) -> xr.Dataset:
     """Mean loss along one direction: ``f(alpha) = L(theta + alpha d)``.
 
     Parameters
@@ -137,10 +158,23 @@ def _case_2d():
 
 
 @probe("landscape.slice_2d", case=_case_2d, tags=Tags(inputs="pair", stochastic=True))
-def slice_2d(model: nn.Module, loss_fn: Callable, data: Any, directions: Any = None, coords: ArrayLike | None = None,
-             *, steps: int | None = None, span: float | tuple[float, float] = 1.0, normalization: str = "filter",
-             one_d: str = "zero", engine: str = "auto", chunk: int = 32, accuracy: bool = False,
-             trajectory: ArrayLike | None = None, ctx) -> xr.Dataset:
+def slice_2d(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    directions: Any = None,
+    coords: ArrayLike | None = None,
+    *,
+    steps: int | None = None,
+    span: float | tuple[float, float] = 1.0,
+    normalization: str = "filter",
+    one_d: str = "zero",
+    engine: str = "auto",
+    chunk: int = 32,
+    accuracy: bool = False,
+    trajectory: ArrayLike | None = None,
+    ctx,
+) -> xr.Dataset:
     """Mean loss on a plane: ``f(alpha, beta) = L(theta + alpha d1 + beta d2)`` (Li et al. 2018).
 
     Parameters

@@ -6,6 +6,7 @@ Sharpness is measured in ``{delta : ||delta / c||_p <= rho}`` with ``c = 1`` or,
 samples when ``m`` is given (m-sharpness), else over the data's batches (the spread of the
 per-batch loss increases, :func:`batch_rises`).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,9 @@ class Ball:
     [0.06, 0.08]
     """
 
-    def __init__(self, theta: torch.Tensor, rho: float, norm: int | float | str = 2, adaptive: bool = False,
-                 eta: float = 0.0):
+    def __init__(
+        self, theta: torch.Tensor, rho: float, norm: int | float | str = 2, adaptive: bool = False, eta: float = 0.0
+    ):
         if norm not in (2, "2", math.inf, "inf"):
             raise ValueError(f"norm: expected 2 or 'inf', got {norm!r}")
         if not (isinstance(rho, (int, float, np.floating)) and rho >= 0 and math.isfinite(rho)):
@@ -87,8 +89,8 @@ def weighted_mean_se(v: np.ndarray, w: np.ndarray) -> tuple[float, float]:
     mean = float((w * v).sum())
     if len(v) < 2:
         return mean, math.nan
-    var = float((w * (v - mean) ** 2).sum()) / (1 - (w ** 2).sum())
-    return mean, math.sqrt(var * (w ** 2).sum())
+    var = float((w * (v - mean) ** 2).sum()) / (1 - (w**2).sum())
+    return mean, math.sqrt(var * (w**2).sum())
 
 
 def batch_rises(obj: Objective, delta: torch.Tensor, data: Data | None = None) -> tuple[float, float]:
@@ -144,8 +146,15 @@ def m_subsets(obj: Objective, m: int | None, seed: int) -> list[Data] | None:
     return [as_data([(x, y)], obj.device, obj.dtype, check_finite=False) for x, y, _ in obj.data.subsets(m, seed)]
 
 
-def rho_result(name: str, long_name: str, rhos: np.ndarray, values: ArrayLike, errs: ArrayLike, scalar: bool,
-               extra: dict | None = None) -> xr.DataArray:
+def rho_result(
+    name: str,
+    long_name: str,
+    rhos: np.ndarray,
+    values: ArrayLike,
+    errs: ArrayLike,
+    scalar: bool,
+    extra: dict | None = None,
+) -> xr.DataArray:
     """A sharpness value per radius: a 0-d DataArray (coords ``rho``, ``stderr``) for a scalar ``rho``, else
     one over ``rho`` (coordinate ``stderr`` over ``rho``); units nats, ``extra`` in attrs.
 

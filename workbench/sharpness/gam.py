@@ -1,4 +1,5 @@
 """Gradient-norm measures: GAM's first-order flatness and the gradient norm itself."""
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,16 @@ DETERMINISTIC = Tags(inputs="pair", uses=("mode", "params", "device"))
 
 
 @probe("sharpness.gam_flatness", tags=DETERMINISTIC, case=lambda: (hostile_case(), {"n_steps": 2}))
-def gam_flatness(model: nn.Module, loss_fn: Callable, data: Any, rho: float | ArrayLike = 0.05, *, n_steps: int = 1,
-                 engine: str = "auto", ctx) -> xr.DataArray:
+def gam_flatness(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    rho: float | ArrayLike = 0.05,
+    *,
+    n_steps: int = 1,
+    engine: str = "auto",
+    ctx,
+) -> xr.DataArray:
     """First-order flatness of GAM (Zhang et al. 2023): ``R1 = rho max_{||theta' - theta|| <= rho} ||grad L(theta')||``.
 
     Ascent on ``||grad L||``, whose gradient is ``H g / ||g||`` (one HVP per step): a step to
@@ -68,8 +77,9 @@ def gam_flatness(model: nn.Module, loss_fn: Callable, data: Any, rho: float | Ar
                 best = max(best, float(obj.loss_and_grad(obj.theta0 + delta)[1].norm()))
             vals.append(r * best)
             errs.append(math.nan)
-    return rho_result("gam_flatness", "first-order flatness (GAM)", rhos, vals, errs, scalar,
-                      {"grad_norm": g0n, "n_hvp": int(n_hvp)})
+    return rho_result(
+        "gam_flatness", "first-order flatness (GAM)", rhos, vals, errs, scalar, {"grad_norm": g0n, "n_hvp": int(n_hvp)}
+    )
 
 
 @probe("sharpness.gradient_norm", tags=DETERMINISTIC)
@@ -85,5 +95,6 @@ def gradient_norm(model: nn.Module, loss_fn: Callable, data: Any, *, ctx) -> xr.
     2.0
     """
     g = ctx.objective().loss_and_grad()[1]
-    return xr.DataArray(float(g.norm()), name="grad_norm",
-                        attrs={"long_name": "gradient norm ||grad L||", "units": "nats / param"})
+    return xr.DataArray(
+        float(g.norm()), name="grad_norm", attrs={"long_name": "gradient norm ||grad L||", "units": "nats / param"}
+    )

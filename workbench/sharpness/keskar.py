@@ -1,4 +1,5 @@
 """Keskar et al. (2017) epsilon-sharpness: the largest loss rise in a box, relative to 1 + L."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -14,10 +15,14 @@ from ..registry import Tags, probe
 from ..testing import hostile_case
 
 
-@probe("sharpness.keskar_sharpness", tags=Tags(inputs="pair", uses=("mode", "params", "device")),
-       case=lambda: (hostile_case(), {"maxiter": 2}))
-def keskar_sharpness(model: nn.Module, loss_fn: Callable, data: Any, eps: float = 1e-3, *, maxiter: int = 10,
-                     ctx) -> xr.DataArray:
+@probe(
+    "sharpness.keskar_sharpness",
+    tags=Tags(inputs="pair", uses=("mode", "params", "device")),
+    case=lambda: (hostile_case(), {"maxiter": 2}),
+)
+def keskar_sharpness(
+    model: nn.Module, loss_fn: Callable, data: Any, eps: float = 1e-3, *, maxiter: int = 10, ctx
+) -> xr.DataArray:
     """Keskar et al. (2017) epsilon-sharpness (full space, A = I):
     ``phi = 100 (max_{y in C} L(theta + y) - L(theta)) / (1 + L(theta))`` in percent, over the box
     ``C = {|y_i| <= eps (|theta_i| + 1)}``, maximised by L-BFGS-B (``maxiter`` iterations) from y = 0.
@@ -45,10 +50,24 @@ def keskar_sharpness(model: nn.Module, loss_fn: Callable, data: Any, eps: float 
         return -l, -g.double().cpu().numpy()
 
     with ctx.bar(int(maxiter), "Keskar sharpness") as bar:
-        r = minimize(f, np.zeros_like(bound), jac=True, method="L-BFGS-B", bounds=np.c_[-bound, bound],
-                     options={"maxiter": int(maxiter)}, callback=lambda xk: bar.update())
+        r = minimize(
+            f,
+            np.zeros_like(bound),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=np.c_[-bound, bound],
+            options={"maxiter": int(maxiter)},
+            callback=lambda xk: bar.update(),
+        )
     best = max(-float(r.fun), l0)
     val = 100 * (best - l0) / (1 + l0)
-    return xr.DataArray(val, name="keskar_sharpness", attrs={
-        "long_name": "Keskar epsilon-sharpness", "units": "percent", "n_gradient_evals": int(r.nfev),
-        "eps": float(eps)})
+    return xr.DataArray(
+        val,
+        name="keskar_sharpness",
+        attrs={
+            "long_name": "Keskar epsilon-sharpness",
+            "units": "percent",
+            "n_gradient_evals": int(r.nfev),
+            "eps": float(eps),
+        },
+    )

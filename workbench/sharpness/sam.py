@@ -10,6 +10,7 @@
 All take ``rho`` (a radius or an array of radii) and ``adaptive`` with the shared defaults
 ``rho=0.05, adaptive=False``; the ball is :class:`~workbench.sharpness.Ball`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -29,9 +30,18 @@ STOCHASTIC = Tags(inputs="pair", stochastic=True, uses=("mode", "params", "seed"
 
 
 @probe("sharpness.sam_sharpness", tags=STOCHASTIC, case=lambda: (hostile_case(), {"rho": [0.01, 0.05], "m": 10}))
-def sam_sharpness(model: nn.Module, loss_fn: Callable, data: Any, rho: float | ArrayLike = 0.05,
-                  adaptive: bool = False, *, norm: int | float | str = 2, eta: float = 0.0, m: int | None = None,
-                  ctx) -> xr.DataArray:
+def sam_sharpness(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    rho: float | ArrayLike = 0.05,
+    adaptive: bool = False,
+    *,
+    norm: int | float | str = 2,
+    eta: float = 0.0,
+    m: int | None = None,
+    ctx,
+) -> xr.DataArray:
     """First-order SAM sharpness ``L(theta + eps*) - L(theta)`` (Foret et al. 2021); ``adaptive=True``
     gives ASAM's (Kwon et al. 2021) with ``c = |theta| + eta``. ``eps* = rho c^2 g / ||c g||_2``
     (p = 2) or ``rho c sign(g)`` (p = inf) maximises the linearised loss in the ball. With ``m``:
@@ -77,11 +87,20 @@ def sam_sharpness(model: nn.Module, loss_fn: Callable, data: Any, rho: float | A
     return rho_result(name, f"first-order {'adaptive ' if adaptive else ''}SAM sharpness", rhos, vals, errs, scalar)
 
 
-@probe("sharpness.worst_case_sharpness", tags=STOCHASTIC,
-       case=lambda: (hostile_case(), {"rho": 0.05, "n_steps": 3}))
-def worst_case_sharpness(model: nn.Module, loss_fn: Callable, data: Any, rho: float | ArrayLike = 0.05,
-                         adaptive: bool = False, *, norm: int | float | str = 2, eta: float = 0.0, n_steps: int = 20,
-                         m: int | None = None, ctx) -> xr.DataArray:
+@probe("sharpness.worst_case_sharpness", tags=STOCHASTIC, case=lambda: (hostile_case(), {"rho": 0.05, "n_steps": 3}))
+def worst_case_sharpness(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    rho: float | ArrayLike = 0.05,
+    adaptive: bool = False,
+    *,
+    norm: int | float | str = 2,
+    eta: float = 0.0,
+    n_steps: int = 20,
+    m: int | None = None,
+    ctx,
+) -> xr.DataArray:
     """Worst-case sharpness ``max_{||delta / c||_p <= rho} L(theta + delta) - L(theta)``
     (Andriushchenko et al. 2023), by projected gradient ascent in ``u = delta / c`` from the
     first-order SAM point: normalised (p = 2) or sign (p = inf) steps, momentum 0.75, initial step
@@ -112,8 +131,9 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, data: Any, rho: fl
                 l0, g0 = obj.loss_and_grad(data=s)
                 u = ball.project_u(ball.first_order(g0) / torch.where(ball.c > 0, ball.c, torch.ones_like(ball.c)))
                 if not bool((u != 0).any()):  # zero gradient (a critical point): start from a random point
-                    z = torch.randn(u.shape, generator=torch.Generator().manual_seed(ctx.seed),
-                                    dtype=torch.float64).to(u)
+                    z = torch.randn(u.shape, generator=torch.Generator().manual_seed(ctx.seed), dtype=torch.float64).to(
+                        u
+                    )
                     u = ball.project_u(z * (r / z.norm() if ball.p == 2 else r))
                 best_u, best = u, obj.evaluate(obj.theta0 + ball.c * u, data=s)[0]
                 step, mom = 2 * r, torch.zeros_like(u)
@@ -135,14 +155,30 @@ def worst_case_sharpness(model: nn.Module, loss_fn: Callable, data: Any, rho: fl
             v, e = weighted_mean_se(np.array(rises), np.ones(len(rises))) if len(subsets) > 1 else rises[0]
             vals.append(v)
             errs.append(e)
-    return rho_result("worst_case_sharpness", "worst-case sharpness (projected ascent)", rhos, vals, errs, scalar,
-                      {"n_gradient_evals": int(nfe)})
+    return rho_result(
+        "worst_case_sharpness",
+        "worst-case sharpness (projected ascent)",
+        rhos,
+        vals,
+        errs,
+        scalar,
+        {"n_gradient_evals": int(nfe)},
+    )
 
 
 @probe("sharpness.average_sharpness", tags=STOCHASTIC, case=lambda: (hostile_case(), {"n_draws": 3}))
-def average_sharpness(model: nn.Module, loss_fn: Callable, data: Any, rho: float | ArrayLike = 0.05,
-                      adaptive: bool = False, *, norm: int | float | str = 2, eta: float = 0.0, n_draws: int = 20,
-                      ctx) -> xr.DataArray:
+def average_sharpness(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    rho: float | ArrayLike = 0.05,
+    adaptive: bool = False,
+    *,
+    norm: int | float | str = 2,
+    eta: float = 0.0,
+    n_draws: int = 20,
+    ctx,
+) -> xr.DataArray:
     """Average-case sharpness ``E_delta L(theta + delta) - L(theta)`` with delta ~ N(0, rho^2 diag(c^2))
     (p = 2) or U[-rho c, rho c] (p = inf) (Andriushchenko et al. 2023); Monte Carlo over ``n_draws``
     draws seeded by ``seed`` (the same draws for every radius), stderr over draws.

@@ -1,4 +1,5 @@
 """Every sharpness scalar side by side, for one model or over checkpoints."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -16,13 +17,25 @@ from .gam import gam_flatness
 from .sam import average_sharpness, sam_sharpness
 
 #: the provenance attrs of a probe result, stripped from the variables of a summary
-PROVENANCE = ("probe", "probe_params", "model_fingerprint", "model_b_fingerprint", "data_fingerprint", "seed",
-              "versions", "wall_time_s", "created")
+PROVENANCE = (
+    "probe",
+    "probe_params",
+    "model_fingerprint",
+    "model_b_fingerprint",
+    "data_fingerprint",
+    "seed",
+    "versions",
+    "wall_time_s",
+    "created",
+)
 
 
 def _case():
-    return ([hostile_model(0), hostile_model(1)], nn.CrossEntropyLoss(), hostile_data()), \
-        {"k": 1, "n_hvp": 4, "n_draws": 2}
+    return ([hostile_model(0), hostile_model(1)], nn.CrossEntropyLoss(), hostile_data()), {
+        "k": 1,
+        "n_hvp": 4,
+        "n_draws": 2,
+    }
 
 
 def _items(models) -> tuple[list, bool]:
@@ -33,8 +46,9 @@ def _items(models) -> tuple[list, bool]:
     elif isinstance(models, (list, tuple)):
         items = list(enumerate(models))
     else:
-        raise TypeError(f"models: expected an nn.Module, a list of models or a dict name -> model, got "
-                        f"{type(models).__name__}")
+        raise TypeError(
+            f"models: expected an nn.Module, a list of models or a dict name -> model, got {type(models).__name__}"
+        )
     if not items:
         raise ValueError("models: empty; pass a model, a list of models or a dict name -> model")
     for label, m in items:
@@ -43,37 +57,61 @@ def _items(models) -> tuple[list, bool]:
     return items, False
 
 
-def _row(ev: xr.Dataset, eig: xr.Dataset, tr: xr.DataArray, sam: xr.DataArray, asam: xr.DataArray,
-         avg: xr.DataArray, gam: xr.DataArray, rho: float, adaptive_rho: float) -> xr.Dataset:
+def _row(
+    ev: xr.Dataset,
+    eig: xr.Dataset,
+    tr: xr.DataArray,
+    sam: xr.DataArray,
+    asam: xr.DataArray,
+    avg: xr.DataArray,
+    gam: xr.DataArray,
+    rho: float,
+    adaptive_rho: float,
+) -> xr.Dataset:
     lam = float(eig["eigenvalue"][0])
-    ds = xr.Dataset({
-        "loss": ev.loss, "accuracy": ev.accuracy,
-        "eigenvalues": eig["eigenvalue"].rename("eigenvalues"),
-        "lambda_max": ((), lam, {"long_name": "largest Hessian eigenvalue"}),
-        "trace": ((), float(tr), {"long_name": "Hessian trace (Hutch++)"}),
-        "trace_stderr": ((), tr.attrs["stderr"]),
-        "lambda_max_over_trace": ((), lam / float(tr)),
-        "trace_per_param": ((), tr.attrs["trace_per_param"]),
-        "sam_sharpness": ((), float(sam), {"long_name": f"SAM sharpness, rho={rho}"}),
-        "sam_stderr": ((), float(sam.stderr)),
-        "asam_sharpness": ((), float(asam), {"long_name": f"ASAM sharpness, rho={adaptive_rho}"}),
-        "asam_stderr": ((), float(asam.stderr)),
-        "average_sharpness": ((), float(avg), {"long_name": f"average-case sharpness, rho={rho / 10}"}),
-        "average_stderr": ((), float(avg.stderr)),
-        "gam_flatness": ((), float(gam), {"long_name": f"GAM first-order flatness, rho={rho}"}),
-        "grad_norm": ((), gam.attrs["grad_norm"]),
-    })
+    ds = xr.Dataset(
+        {
+            "loss": ev.loss,
+            "accuracy": ev.accuracy,
+            "eigenvalues": eig["eigenvalue"].rename("eigenvalues"),
+            "lambda_max": ((), lam, {"long_name": "largest Hessian eigenvalue"}),
+            "trace": ((), float(tr), {"long_name": "Hessian trace (Hutch++)"}),
+            "trace_stderr": ((), tr.attrs["stderr"]),
+            "lambda_max_over_trace": ((), lam / float(tr)),
+            "trace_per_param": ((), tr.attrs["trace_per_param"]),
+            "sam_sharpness": ((), float(sam), {"long_name": f"SAM sharpness, rho={rho}"}),
+            "sam_stderr": ((), float(sam.stderr)),
+            "asam_sharpness": ((), float(asam), {"long_name": f"ASAM sharpness, rho={adaptive_rho}"}),
+            "asam_stderr": ((), float(asam.stderr)),
+            "average_sharpness": ((), float(avg), {"long_name": f"average-case sharpness, rho={rho / 10}"}),
+            "average_stderr": ((), float(avg.stderr)),
+            "gam_flatness": ((), float(gam), {"long_name": f"GAM first-order flatness, rho={rho}"}),
+            "grad_norm": ((), gam.attrs["grad_norm"]),
+        }
+    )
     for v in ds.variables.values():
         for key in PROVENANCE:
             v.attrs.pop(key, None)
     return ds
 
 
-@probe("sharpness.summary", tags=Tags(inputs="models", stochastic=True, uses=("mode", "params", "seed", "device")),
-       case=_case)
-def summary(models: nn.Module | list[nn.Module] | dict[str, nn.Module], loss_fn: Callable,
-            data: Any, *, k: int = 5, n_hvp: int = 99, rho: float = 0.05, adaptive_rho: float = 0.5,
-            n_draws: int = 10, ctx) -> xr.Dataset:
+@probe(
+    "sharpness.summary",
+    tags=Tags(inputs="models", stochastic=True, uses=("mode", "params", "seed", "device")),
+    case=_case,
+)
+def summary(
+    models: nn.Module | list[nn.Module] | dict[str, nn.Module],
+    loss_fn: Callable,
+    data: Any,
+    *,
+    k: int = 5,
+    n_hvp: int = 99,
+    rho: float = 0.05,
+    adaptive_rho: float = 0.5,
+    n_draws: int = 10,
+    ctx,
+) -> xr.Dataset:
     """All sharpness scalars side by side for one model, or over a list / dict of models (checkpoints)
     stacked along ``checkpoint``: loss, accuracy, the top-``k`` Hessian eigenvalues, the trace by
     Hutch++ with ``n_hvp`` HVPs (+ stderr), lambda_max / trace, trace / P, SAM sharpness at ``rho``
@@ -94,6 +132,7 @@ def summary(models: nn.Module | list[nn.Module] | dict[str, nn.Module], loss_fn:
     tail = dict(mode=ctx.mode, params=ctx.params, device=ctx.device, cancel=ctx.cancel, progress=False)
     rows = []
     with ctx.bar(7 * len(items), "sharpness summary") as bar:
+
         def done(result):
             bar.update()
             return result
@@ -110,4 +149,5 @@ def summary(models: nn.Module | list[nn.Module] | dict[str, nn.Module], loss_fn:
     if single:
         return rows[0]
     return xr.concat(rows, dim="checkpoint", combine_attrs="drop").assign_coords(
-        checkpoint=[str(label) for label, _ in items])
+        checkpoint=[str(label) for label, _ in items]
+    )

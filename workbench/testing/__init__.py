@@ -8,10 +8,32 @@ A probe of your own passes the same checks as workbench's::
     def test_my_probe(probe, check):
         check(probe)
 """
-from .checks import CHECKS, case_of, check_probe, default_case, parametrize_with_probe_checks, probe_checks
-from .models import (HostileNet, HostileTransformer, Trap, hostile_case, hostile_data, hostile_model,
-                     hostile_transformer, tiny_classifier)
 
-__all__ = ["CHECKS", "check_probe", "parametrize_with_probe_checks", "probe_checks", "case_of", "default_case",
-           "HostileNet", "HostileTransformer", "Trap", "hostile_case", "hostile_data", "hostile_model",
-           "hostile_transformer", "tiny_classifier"]
+from .checks import CHECKS, case_of, check_probe, default_case, parametrize_with_probe_checks, probe_checks
+from .models import (
+    HostileNet,
+    HostileTransformer,
+    Trap,
+    hostile_case,
+    hostile_data,
+    hostile_model,
+    hostile_transformer,
+    tiny_classifier,
+)
+
+__all__ = [
+    "CHECKS",
+    "check_probe",
+    "parametrize_with_probe_checks",
+    "probe_checks",
+    "case_of",
+    "default_case",
+    "HostileNet",
+    "HostileTransformer",
+    "Trap",
+    "hostile_case",
+    "hostile_data",
+    "hostile_model",
+    "hostile_transformer",
+    "tiny_classifier",
+]

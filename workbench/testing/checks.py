@@ -13,6 +13,7 @@ calls give identical results; the probe never writes the weights even when nothi
 (``WORKBENCH_SNAPSHOT_MB=0``); a set ``cancel`` event stops it with
 :class:`~workbench.registry.Cancelled`; ``progress=False`` prints nothing.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,8 +40,10 @@ def _info(func) -> ProbeInfo:
         return func
     name = getattr(func, "probe_name", None)
     if name is None or name not in PROBES:
-        raise TypeError(f"check_probe: {getattr(func, '__name__', func)!r} is not a probe; decorate it with "
-                        "@workbench.probe(name, tags=...)")
+        raise TypeError(
+            f"check_probe: {getattr(func, '__name__', func)!r} is not a probe; decorate it with "
+            "@workbench.probe(name, tags=...)"
+        )
     return PROBES[name]
 
 
@@ -86,8 +89,9 @@ def _assert_unchanged(states, mods, what):
     for s, m in zip(states, mods):
         d = diff_state(s, m)
         assert d == [], f"{what}: the model changed: {d[:5]}"
-        assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules()), \
+        assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules()), (
             f"{what}: a hook was left on the model"
+        )
 
 
 def _rng_state():
@@ -95,6 +99,7 @@ def _rng_state():
 
 
 # -- the checks -------------------------------------------------------------------------------------
+
 
 def check_signature_tail(info: ProbeInfo) -> None:
     """The keyword tail is in the signature, keyword-only, with the shared defaults."""
@@ -237,7 +242,9 @@ def check_progress_silent(info: ProbeInfo) -> None:
     err, out = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         info.func(*args, **kwargs)
-    assert "it/s" not in err.getvalue() and "%|" not in err.getvalue(), f"{info.name}: a progress bar with progress=False"
+    assert "it/s" not in err.getvalue() and "%|" not in err.getvalue(), (
+        f"{info.name}: a progress bar with progress=False"
+    )
 
 
 def check_bad_tail_is_named(info: ProbeInfo) -> None:
@@ -253,9 +260,15 @@ def check_bad_tail_is_named(info: ProbeInfo) -> None:
 
 
 CHECKS: tuple[Callable[[ProbeInfo], None], ...] = (
-    check_signature_tail, check_returns_xarray_with_provenance, check_failure_leaves_model_unchanged,
-    check_deterministic, check_train_flags_kept, check_no_copy_for_large_models, check_cancel,
-    check_progress_silent, check_bad_tail_is_named,
+    check_signature_tail,
+    check_returns_xarray_with_provenance,
+    check_failure_leaves_model_unchanged,
+    check_deterministic,
+    check_train_flags_kept,
+    check_no_copy_for_large_models,
+    check_cancel,
+    check_progress_silent,
+    check_bad_tail_is_named,
 )
 
 
@@ -264,6 +277,7 @@ def probe_checks(func) -> list[Callable[[], None]]:
     info = _info(func)
     out = []
     for chk in CHECKS:
+
         def run(chk=chk):
             chk(info)
 
@@ -287,9 +301,9 @@ def check_probe(func) -> None:
 def parametrize_with_probe_checks(funcs):
     """A pytest decorator: one test case per (probe, check), with ids ``probe-check``::
 
-        @parametrize_with_probe_checks([my_probe])
-        def test_my_probe(probe, check):
-            check(probe)
+    @parametrize_with_probe_checks([my_probe])
+    def test_my_probe(probe, check):
+        check(probe)
     """
     import pytest
 

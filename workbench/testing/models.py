@@ -4,6 +4,7 @@ A *hostile* model is in train mode (one submodule left in eval), has BatchNorm w
 running statistics, dropout, a frozen layer (``requires_grad=False``) and stale ``.grad`` on some
 parameters, all of which a careless probe would change.
 """
+
 from __future__ import annotations
 
 import torch

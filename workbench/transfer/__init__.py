@@ -17,6 +17,7 @@ results, higher = more transferable for every one. ``features`` is (N, D); ``lab
   layers x metrics, a Dataset), :func:`linear_probe_accuracy` and :func:`finetune_accuracy` (the
   ground truth, 0-d DataArrays). :func:`correlate` and :func:`bootstrap_score` compare and bound scores.
 """
+
 from ..capture import default_layer
 from .features import feature_dim, features
 from .geometry import gbc, tmi, transrate
@@ -27,6 +28,26 @@ from .logme import FeatureStats, logme
 from .ranking import EXPERIMENTAL, METRICS, bootstrap_score, correlate, rank
 from .source import leep, nce, nleep
 
-__all__ = ["logme", "FeatureStats", "hscore", "leep", "nce", "nleep", "transrate", "gbc", "tmi", "sfda", "etran",
-           "METRICS", "EXPERIMENTAL", "features", "feature_dim", "default_layer", "rank", "correlate",
-           "bootstrap_score", "linear_probe_accuracy", "finetune_accuracy"]
+__all__ = [
+    "logme",
+    "FeatureStats",
+    "hscore",
+    "leep",
+    "nce",
+    "nleep",
+    "transrate",
+    "gbc",
+    "tmi",
+    "sfda",
+    "etran",
+    "METRICS",
+    "EXPERIMENTAL",
+    "features",
+    "feature_dim",
+    "default_layer",
+    "rank",
+    "correlate",
+    "bootstrap_score",
+    "linear_probe_accuracy",
+    "finetune_accuracy",
+]

@@ -1,4 +1,5 @@
 """The ``features`` probe: pooled activations of named modules for every example, as an xarray Dataset."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,9 +36,17 @@ def _case():
 
 
 @probe("transfer.features", tags=Tags(inputs="inputs", uses=("mode", "device")), case=_case)
-def features(model: nn.Module, data: Any, layers: str | Sequence[str] | None = None, *, pool: str = "mean",
-             input_of: bool | None = None, mask_key: str = "attention_mask", return_outputs: bool = False,
-             ctx) -> xr.Dataset:
+def features(
+    model: nn.Module,
+    data: Any,
+    layers: str | Sequence[str] | None = None,
+    *,
+    pool: str = "mean",
+    input_of: bool | None = None,
+    mask_key: str = "attention_mask",
+    return_outputs: bool = False,
+    ctx,
+) -> xr.Dataset:
     """Pooled activations of the modules named in ``layers`` for every example of ``data`` (one batch:
     a tensor, a mapping of tensors or an ``(inputs, labels)`` pair whose labels are dropped; or a
     DataLoader / list of such batches), read with forward hooks (:mod:`workbench.capture`) without
@@ -81,10 +90,17 @@ def features(model: nn.Module, data: Any, layers: str | Sequence[str] | None = N
             if return_outputs and isinstance(out, torch.Tensor) and out.dim() == 2:
                 probs.append(torch.softmax(out.double(), -1).cpu())
     where = "input" if input_of else "output"
-    ds = xr.Dataset({l: (("example", feature_dim(l)), torch.cat(v).numpy(),
-                         {"long_name": f"{where} of {l}, pooled ({pool})"}) for l, v in parts.items()})
+    ds = xr.Dataset(
+        {
+            l: (("example", feature_dim(l)), torch.cat(v).numpy(), {"long_name": f"{where} of {l}, pooled ({pool})"})
+            for l, v in parts.items()
+        }
+    )
     if probs and len(probs) == len(batches):
-        ds[SOURCE_PROBS] = (("example", "source_class"), torch.cat(probs).numpy(),
-                            {"long_name": "softmax of the model outputs", "units": "1"})
+        ds[SOURCE_PROBS] = (
+            ("example", "source_class"),
+            torch.cat(probs).numpy(),
+            {"long_name": "softmax of the model outputs", "units": "1"},
+        )
     ctx.record(n_samples=ds.sizes["example"])
     return ds

@@ -1,4 +1,5 @@
 """Metrics of the feature geometry: TransRate (coding rates), GBC (class overlap) and TMI (class spread)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -85,7 +86,8 @@ def gbc(features: Any, labels: Any, *, gaussian: str = "spherical", pca_variance
                 continue
             s = (vars_[i] + vars_[j]) / 2
             db = 0.125 * np.sum((mus[i] - mus[j]) ** 2 / s) + 0.5 * np.sum(
-                np.log(s) - 0.5 * np.log(vars_[i]) - 0.5 * np.log(vars_[j]))
+                np.log(s) - 0.5 * np.log(vars_[i]) - 0.5 * np.log(vars_[j])
+            )
             total += np.exp(-db)
     return float(-total)
 

@@ -1,5 +1,6 @@
 """The ground-truth harness: how well a model really transfers to a labelled target task, by a linear
 probe on its frozen features and by fine-tuning the whole network with a fresh head."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -48,8 +49,9 @@ def _finetune_case():
 
 
 @probe("transfer.linear_probe_accuracy", tags=Tags(inputs="pair", uses=("seed", "device")), case=_case)
-def linear_probe_accuracy(model: nn.Module, train: tuple, test: tuple, *, layer: str | None = None,
-                          pool: str = "mean", C: float = 1.0, ctx) -> xr.DataArray:
+def linear_probe_accuracy(
+    model: nn.Module, train: tuple, test: tuple, *, layer: str | None = None, pool: str = "mean", C: float = 1.0, ctx
+) -> xr.DataArray:
     """Test accuracy of multinomial logistic regression (L2, ``C``, lbfgs; ``random_state=seed``) on
     frozen, standardised (train mean and std) :func:`~workbench.transfer.features` of ``layer``
     (default the penultimate), trained on ``train`` = (inputs, labels), scored on ``test``.
@@ -62,8 +64,9 @@ def linear_probe_accuracy(model: nn.Module, train: tuple, test: tuple, *, layer:
     ('accuracy', (), True)
     """
     xtr, ytr, xte, yte = _split(train, test, ctx)
-    kw = dict(layers=None if layer is None else [layer], pool=pool, progress=False, cancel=ctx.cancel,
-              device=ctx.device)
+    kw = dict(
+        layers=None if layer is None else [layer], pool=pool, progress=False, cancel=ctx.cancel, device=ctx.device
+    )
     ftr = features(model, chunks(xtr), **kw)
     fte = features(model, chunks(xte), **kw)
     ftr, fte = ftr[list(ftr.data_vars)[0]].values, fte[list(fte.data_vars)[0]].values
@@ -79,8 +82,9 @@ def _fresh_head(model: nn.Module, head: str, n_classes: int) -> tuple[str, nn.Li
     except AttributeError:
         old = None
     if not isinstance(old, nn.Linear):
-        raise ValueError(f"head: the model has no nn.Linear module {head!r} to replace; name its classifier "
-                         f"(e.g. head='classifier')")
+        raise ValueError(
+            f"head: the model has no nn.Linear module {head!r} to replace; name its classifier (e.g. head='classifier')"
+        )
     device, dtype = model_device_dtype(model)
     return head, nn.Linear(old.in_features, n_classes).to(device=device, dtype=dtype)  # init from the seeded RNG
 
@@ -91,10 +95,10 @@ def _trainable_copy(model: nn.Module, head: str, new: nn.Linear) -> tuple[dict, 
     (the new head's where the old head's were)."""
     prefix = head + "."
     copies = {id(p): p.detach().clone().requires_grad_(True) for p in model.parameters()}
-    tensors = {n: copies[id(p)] for n, p in model.named_parameters(remove_duplicate=False)
-               if not n.startswith(prefix)}
-    tensors.update({n: b.detach().clone() for n, b in model.named_buffers(remove_duplicate=False)
-                    if not n.startswith(prefix)})  # train-mode BatchNorm updates these copies
+    tensors = {n: copies[id(p)] for n, p in model.named_parameters(remove_duplicate=False) if not n.startswith(prefix)}
+    tensors.update(
+        {n: b.detach().clone() for n, b in model.named_buffers(remove_duplicate=False) if not n.startswith(prefix)}
+    )  # train-mode BatchNorm updates these copies
     tensors.update({prefix + n: p for n, p in new.named_parameters()})
     trainable: list = []
     for n, p in model.named_parameters():
@@ -105,10 +109,22 @@ def _trainable_copy(model: nn.Module, head: str, new: nn.Linear) -> tuple[dict, 
     return tensors, trainable
 
 
-@probe("transfer.finetune_accuracy", tags=Tags(inputs="pair", stochastic=True, uses=("seed", "device")),
-       case=_finetune_case)
-def finetune_accuracy(model: nn.Module, train: tuple, test: tuple, *, epochs: int = 8, lr: float = 3e-3,
-                      batch_size: int = 32, head: str = "head", ctx) -> xr.DataArray:
+@probe(
+    "transfer.finetune_accuracy",
+    tags=Tags(inputs="pair", stochastic=True, uses=("seed", "device")),
+    case=_finetune_case,
+)
+def finetune_accuracy(
+    model: nn.Module,
+    train: tuple,
+    test: tuple,
+    *,
+    epochs: int = 8,
+    lr: float = 3e-3,
+    batch_size: int = 32,
+    head: str = "head",
+    ctx,
+) -> xr.DataArray:
     """Test accuracy after fine-tuning: the ``head`` module (an ``nn.Linear``) is replaced by a fresh
     Linear for the target classes (initialised from ``seed``), and every parameter is trained with Adam
     (``lr``, ``batch_size``, ``epochs``, data order from ``seed``) in train mode on ``train`` =
@@ -136,7 +152,7 @@ def finetune_accuracy(model: nn.Module, train: tuple, test: tuple, *, epochs: in
         for _ in range(epochs):
             perm = torch.randperm(len(ytr), generator=ctx.generator).to(device)
             for i in range(0, len(ytr), batch_size):
-                idx = perm[i:i + batch_size]
+                idx = perm[i : i + batch_size]
                 loss = lf(forward(model, tensors, xtr[idx]), ytr[idx])
                 opt.zero_grad()
                 loss.backward()

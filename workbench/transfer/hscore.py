@@ -1,4 +1,5 @@
 """H-score (Bao et al., ICIP 2019) and its shrinkage estimate (Ibrahim, Ponomareva & Mazumder, ICLR 2022)."""
+
 from __future__ import annotations
 
 from typing import Any

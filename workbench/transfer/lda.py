@@ -1,5 +1,6 @@
 """Metrics built on a regularised linear discriminant analysis: SFDA and ETran (and the shrunk LDA
 they share)."""
+
 from __future__ import annotations
 
 import math

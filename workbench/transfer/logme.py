@@ -1,4 +1,5 @@
 """LogME (You, Liu, Wang & Long, ICML 2021; JMLR 2022) and the streaming statistics it can run on."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -57,8 +58,8 @@ def _evidence(sig, x2, t2, N, D, tol=1e-10, max_iter=2000):
     for _ in range(max_iter):
         den = alpha[None] + beta[None] * sig[:, None]
         gamma = (beta[None] * sig[:, None] / den).sum(0)
-        m2 = (beta[None] ** 2 * sig[:, None] * x2 / den ** 2).sum(0)
-        res2 = np.maximum(r0 + (alpha[None] ** 2 * x2 / den ** 2).sum(0), floor)
+        m2 = (beta[None] ** 2 * sig[:, None] * x2 / den**2).sum(0)
+        res2 = np.maximum(r0 + (alpha[None] ** 2 * x2 / den**2).sum(0), floor)
         a_new = gamma / np.maximum(m2, 1e-300)
         b_new = np.maximum(N - gamma, 1e-12) / res2
         done = np.all(np.abs(a_new - alpha) <= tol * alpha) and np.all(np.abs(b_new - beta) <= tol * beta)
@@ -66,11 +67,17 @@ def _evidence(sig, x2, t2, N, D, tol=1e-10, max_iter=2000):
         if done:
             break
     den = alpha[None] + beta[None] * sig[:, None]
-    m2 = (beta[None] ** 2 * sig[:, None] * x2 / den ** 2).sum(0)
-    res2 = np.maximum(r0 + (alpha[None] ** 2 * x2 / den ** 2).sum(0), floor)
+    m2 = (beta[None] ** 2 * sig[:, None] * x2 / den**2).sum(0)
+    res2 = np.maximum(r0 + (alpha[None] ** 2 * x2 / den**2).sum(0), floor)
     logdet = np.log(den).sum(0) + (D - k) * np.log(alpha)  # zero eigenvalues padded up to D
-    ev = (D / 2 * np.log(alpha) + N / 2 * np.log(beta) - N / 2 * np.log(2 * np.pi) - beta / 2 * res2
-          - alpha / 2 * m2 - logdet / 2)
+    ev = (
+        D / 2 * np.log(alpha)
+        + N / 2 * np.log(beta)
+        - N / 2 * np.log(2 * np.pi)
+        - beta / 2 * res2
+        - alpha / 2 * m2
+        - logdet / 2
+    )
     return ev / N, alpha, beta
 
 
@@ -107,8 +114,9 @@ def _stats_spectrum(st: FeatureStats):
     return sig, (V.T @ FtT) ** 2 / sig[:, None], st.count.copy(), N, D
 
 
-def logme(features: Any, labels: Any = None, *, regression: bool = False,
-          return_params: bool = False) -> float | tuple[float, dict]:
+def logme(
+    features: Any, labels: Any = None, *, regression: bool = False, return_params: bool = False
+) -> float | tuple[float, dict]:
     """LogME (You, Liu, Wang & Long, ICML 2021; JMLR 2022): the maximum log evidence per sample of a
     Bayesian linear model ``t = F w + eps``, ``w ~ N(0, I / alpha)``, ``eps ~ N(0, I / beta)``:
 
@@ -144,7 +152,7 @@ def logme(features: Any, labels: Any = None, *, regression: bool = False,
             y, C = class_labels(labels, N)
             T = np.eye(C)[y]
         sig, x2 = _spectrum(F, T)
-        t2 = (T ** 2).sum(0)
+        t2 = (T**2).sum(0)
     ev, a, b = _evidence(sig, x2, t2, N, D)
     score = float(np.mean(ev))
     return (score, {"alpha": a, "beta": b, "evidence_per_column": ev}) if return_params else score

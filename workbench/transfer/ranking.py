@@ -1,5 +1,6 @@
 """Ranking models (and layers) for a target task with every metric, and checking the ranking against
 ground-truth accuracies."""
+
 from __future__ import annotations
 
 import math
@@ -72,15 +73,20 @@ def _metric_names(metrics) -> list[str]:
 
 def _with_etran(ds: xr.Dataset) -> xr.Dataset:
     """The ETran combination across the zoo: 0.15 minmax(energy) + 0.85 minmax(LDA)."""
+
     def mm(v):
         lo, hi = np.nanmin(v), np.nanmax(v)
         return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
 
     comb = 0.15 * mm(ds.score.sel(metric="etran_energy").values) + 0.85 * mm(ds.score.sel(metric="etran_lda").values)
     secs = (ds.seconds.sel(metric="etran_energy") + ds.seconds.sel(metric="etran_lda")).values
-    extra = xr.Dataset({"score": (("model", "layer", "metric"), comb[..., None]),
-                        "seconds": (("model", "layer", "metric"), secs[..., None])},
-                       coords={"model": ds.model.values, "layer": ds.layer.values, "metric": ["etran"]})
+    extra = xr.Dataset(
+        {
+            "score": (("model", "layer", "metric"), comb[..., None]),
+            "seconds": (("model", "layer", "metric"), secs[..., None]),
+        },
+        coords={"model": ds.model.values, "layer": ds.layer.values, "metric": ["etran"]},
+    )
     out = xr.concat([ds, extra], dim="metric")
     for k in ("score", "seconds"):
         out[k].attrs = ds[k].attrs
@@ -93,8 +99,15 @@ def _case():
 
 
 @probe("transfer.rank", tags=Tags(inputs="models", uses=("device",)), case=_case)
-def rank(models: dict, target_data: Any, metrics: list[str] | None = None, *,
-         layers: list[str] | dict | None = None, pool: str = "mean", ctx) -> xr.Dataset:
+def rank(
+    models: dict,
+    target_data: Any,
+    metrics: list[str] | None = None,
+    *,
+    layers: list[str] | dict | None = None,
+    pool: str = "mean",
+    ctx,
+) -> xr.Dataset:
     """Score every (model, layer) for the target task with every metric of :data:`METRICS`.
 
     ``models``: dict name -> nn.Module. ``target_data``: an (inputs, labels) pair or a DataLoader of
@@ -120,8 +133,9 @@ def rank(models: dict, target_data: Any, metrics: list[str] | None = None, *,
     rows = {}
     for name, model in ctx.iterate(models.items(), total=len(models), desc="scoring models"):
         lys = layers.get(name) if isinstance(layers, dict) else layers
-        ds = features(model, chunks(x), lys, pool=pool, return_outputs=True, progress=False, cancel=ctx.cancel,
-                      device=ctx.device)
+        ds = features(
+            model, chunks(x), lys, pool=pool, return_outputs=True, progress=False, cancel=ctx.cancel, device=ctx.device
+        )
         probs = ds[SOURCE_PROBS].values if SOURCE_PROBS in ds else None
         read = [v for v in ds.data_vars if v != SOURCE_PROBS]
         for li, lname in enumerate(read):
@@ -141,9 +155,13 @@ def rank(models: dict, target_data: Any, metrics: list[str] | None = None, *,
         score[mnames.index(m), lnames.index(l), base.index(met)] = v
         secs[mnames.index(m), lnames.index(l), base.index(met)] = s
     dims = ("model", "layer", "metric")
-    ds = xr.Dataset({"score": (dims, score, {"long_name": "transferability score"}),
-                     "seconds": (dims, secs, {"long_name": "time of the metric", "units": "s"})},
-                    coords={"model": mnames, "layer": lnames, "metric": base})
+    ds = xr.Dataset(
+        {
+            "score": (dims, score, {"long_name": "transferability score"}),
+            "seconds": (dims, secs, {"long_name": "time of the metric", "units": "s"}),
+        },
+        coords={"model": mnames, "layer": lnames, "metric": base},
+    )
     if "etran" in (metrics or ()):
         ds = _with_etran(ds)
     ds.attrs["experimental_metrics"] = ",".join(sorted(EXPERIMENTAL & set(ds.metric.values.tolist())))
@@ -152,8 +170,11 @@ def rank(models: dict, target_data: Any, metrics: list[str] | None = None, *,
 
 def _ground_truth(ground_truth: Any, models: list[str]) -> np.ndarray:
     if isinstance(ground_truth, xr.DataArray):
-        gt = np.array([float(ground_truth.sel(model=m)) for m in models]) if "model" in ground_truth.dims else \
-            ground_truth.values
+        gt = (
+            np.array([float(ground_truth.sel(model=m)) for m in models])
+            if "model" in ground_truth.dims
+            else ground_truth.values
+        )
     elif isinstance(ground_truth, dict):
         gt = np.array([float(ground_truth[m]) for m in models])
     else:
@@ -172,12 +193,23 @@ def _agreement(s: np.ndarray, g: np.ndarray, top_k: int) -> dict[str, float]:
     if len(s) < 3 or np.ptp(s) == 0 or np.ptp(g) == 0:
         return dict.fromkeys(STATS, np.nan)
     top = np.argsort(-s)[:top_k]
-    return {"weighted_tau": weightedtau(s, g).statistic, "kendall_tau": kendalltau(s, g).statistic,
-            "pearson": pearsonr(s, g).statistic, "top_k_relative_accuracy": g[top].max() / g.max()}
+    return {
+        "weighted_tau": weightedtau(s, g).statistic,
+        "kendall_tau": kendalltau(s, g).statistic,
+        "pearson": pearsonr(s, g).statistic,
+        "top_k_relative_accuracy": g[top].max() / g.max(),
+    }
 
 
-def correlate(scores: xr.DataArray, ground_truth: Any, *, n_boot: int = 1000, confidence: float = 0.95,
-              seed: int = 0, top_k: int = 1) -> xr.Dataset:
+def correlate(
+    scores: xr.DataArray,
+    ground_truth: Any,
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    top_k: int = 1,
+) -> xr.Dataset:
     """How well each metric's scores rank the models by their ground-truth accuracy.
 
     ``scores``: DataArray over (model, metric) (e.g. ``rank(...).score.sel(layer="penultimate")``);
@@ -228,8 +260,9 @@ def correlate(scores: xr.DataArray, ground_truth: Any, *, n_boot: int = 1000, co
     return ds
 
 
-def bootstrap_score(metric: str | Callable, features: Any, labels: Any, *, n_boot: int = 200,
-                    confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_score(
+    metric: str | Callable, features: Any, labels: Any, *, n_boot: int = 200, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """``(score, low, high)``: a metric's value on all samples and its bootstrap interval over target
     samples (``n_boot`` resamples from ``seed``; resamples with one class are skipped). ``metric``: a
     name in :data:`METRICS` or a function ``f(features, labels)``.

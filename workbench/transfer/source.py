@@ -1,5 +1,6 @@
 """Metrics from a source classifier's outputs on the target data: LEEP, NCE, and N-LEEP (LEEP with a
 Gaussian mixture on the features in place of the source head)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -56,8 +57,15 @@ def nce(source_labels: Any, labels: Any) -> float:
     return float(term.sum())
 
 
-def nleep(features: Any, labels: Any, *, components_per_class: int = 5, pca_variance: float = 0.8,
-          max_dims: int = 64, seed: int = 0) -> float:
+def nleep(
+    features: Any,
+    labels: Any,
+    *,
+    components_per_class: int = 5,
+    pca_variance: float = 0.8,
+    max_dims: int = 64,
+    seed: int = 0,
+) -> float:
     """N-LEEP (Li et al., CVPR 2021): PCA of the features to 80 % variance (at most ``max_dims``
     dimensions: a full-covariance GMM on hundreds of dimensions takes minutes), a Gaussian mixture with
     ``components_per_class x C`` components (seeded: deterministic), then :func:`leep` with the GMM

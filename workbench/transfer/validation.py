@@ -1,5 +1,6 @@
 """The input checks every transferability metric shares: numeric arrays, (N, D) features, class
 labels remapped to 0..C-1 and source-head probabilities, with errors that name the argument."""
+
 from __future__ import annotations
 
 import warnings
@@ -21,8 +22,10 @@ def as_array(x: Any, what: str) -> np.ndarray:
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
     if x.dtype == object:
-        raise TypeError(f"{what}: expected a numeric array (tensor or numpy), got {x.dtype} elements; "
-                        "convert it, e.g. np.asarray(x, dtype=float)")
+        raise TypeError(
+            f"{what}: expected a numeric array (tensor or numpy), got {x.dtype} elements; "
+            "convert it, e.g. np.asarray(x, dtype=float)"
+        )
     return x
 
 
@@ -34,8 +37,9 @@ def feature_matrix(F: Any, what: str = "features") -> np.ndarray:
     """
     F = as_array(F, what)
     if F.ndim != 2:
-        raise ValueError(f"{what}: expected a 2-D (N samples, D dims) array, got shape {F.shape}; "
-                         "pool or flatten first")
+        raise ValueError(
+            f"{what}: expected a 2-D (N samples, D dims) array, got shape {F.shape}; pool or flatten first"
+        )
     if F.shape[0] < 2 or F.shape[1] < 1:
         raise ValueError(f"{what}: need at least 2 samples and 1 dimension, got shape {F.shape}")
     F = F.astype(np.float64)
@@ -74,8 +78,9 @@ def probabilities(P: Any, n: int, what: str = "source_probs") -> np.ndarray:
         raise ValueError(f"{what}: must be finite and non-negative (softmax outputs of the source head)")
     s = P.sum(1)
     if not np.allclose(s, 1, atol=1e-4):
-        raise ValueError(f"{what}: rows must sum to 1 (apply softmax to the source logits); sums range "
-                         f"{s.min():.3g}..{s.max():.3g}")
+        raise ValueError(
+            f"{what}: rows must sum to 1 (apply softmax to the source logits); sums range {s.min():.3g}..{s.max():.3g}"
+        )
     return P / s[:, None]
 
 
@@ -85,6 +90,9 @@ def warn_wide(n: int, d: int, c: int, metric: str) -> None:
     >>> warn_wide(100, 5, 3, "hscore")  # narrow enough: silent
     """
     if d >= n - c:
-        warnings.warn(f"{metric}: feature dimension {d} is not small against {n} samples; the score saturates "
-                      f"(H-score at C-1 = {c - 1}). Reduce D (PCA) or use hscore(..., shrinkage=True)",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{metric}: feature dimension {d} is not small against {n} samples; the score saturates "
+            f"(H-score at C-1 = {c - 1}). Reduce D (PCA) or use hscore(..., shrinkage=True)",
+            RuntimeWarning,
+            stacklevel=3,
+        )

@@ -17,6 +17,7 @@ Models are built on first use (a progress bar; about 2 minutes for the whole zoo
 then loaded from ``data/cache/zoo`` (or ``$WORKBENCH_DATA/cache/zoo``) with
 ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -196,8 +197,10 @@ def checkpoints(name: str) -> list[dict]:
     """Checkpoints along the training run of ``name``: dicts with step, epoch, train_loss, train_acc, model."""
     rec = record(name)
     spec = CATALOG[name]
-    return [dict({k: v for k, v in c.items() if k != "state_dict"}, model=_model_from(spec, c["state_dict"]))
-            for c in rec["checkpoints"]]
+    return [
+        dict({k: v for k, v in c.items() if k != "state_dict"}, model=_model_from(spec, c["state_dict"]))
+        for c in rec["checkpoints"]
+    ]
 
 
 def data(split: str = "train", image: bool = False):
@@ -218,8 +221,10 @@ def transfer_ground_truth():
         for j, t in enumerate(tgts):
             lp[i, j], ft[i, j] = gt[t]
     return xr.Dataset(
-        {"linear_probe_acc": (("source", "target"), lp, {"long_name": "linear-probe test accuracy", "units": "1"}),
-         "finetune_acc": (("source", "target"), ft, {"long_name": "fine-tuned test accuracy", "units": "1"})},
+        {
+            "linear_probe_acc": (("source", "target"), lp, {"long_name": "linear-probe test accuracy", "units": "1"}),
+            "finetune_acc": (("source", "target"), ft, {"long_name": "fine-tuned test accuracy", "units": "1"}),
+        },
         coords={"source": srcs, "target": tgts},
     )
 
@@ -252,9 +257,17 @@ def summary():
         spec = CATALOG[n]
         last = rec["epochs"][-1] if rec["epochs"] else {}
         m = _model_from(spec, rec["state_dict"])
-        rows.append(dict(model=n, group=spec["group"], params=n_params(m), steps=rec["steps"],
-                         checkpoints=len(rec["checkpoints"]), train_loss=last.get("train_loss", float("nan")),
-                         test_acc=last.get("test_acc", float("nan"))))
+        rows.append(
+            dict(
+                model=n,
+                group=spec["group"],
+                params=n_params(m),
+                steps=rec["steps"],
+                checkpoints=len(rec["checkpoints"]),
+                train_loss=last.get("train_loss", float("nan")),
+                test_acc=last.get("test_acc", float("nan")),
+            )
+        )
     return pd.DataFrame(rows).set_index("model")
 
 

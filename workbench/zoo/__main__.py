@@ -1,4 +1,5 @@
 """python -m workbench.zoo: build the demo zoo (if needed) and print its summary table."""
+
 import time
 
 from . import build, summary

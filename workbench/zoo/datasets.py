@@ -2,6 +2,7 @@
 
 Pixels are scaled to [0, 1] (divided by 16). The train/test split is fixed (stratified, seed 0).
 """
+
 from __future__ import annotations
 
 import functools

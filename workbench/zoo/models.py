@@ -1,5 +1,6 @@
 """Architectures of the demo zoo: an MLP, a small CNN with BatchNorm, and a tiny vision
 transformer (optionally with sigmaReparam, Zhai et al. 2023)."""
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,13 @@ class SmallCNN(nn.Module):
         super().__init__()
         c = channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
-            nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Conv2d(1, c, 3, padding=1),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+            nn.Conv2d(c, 2 * c, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
         )
         self.head = nn.Linear(2 * c * 16, n_classes)
 
@@ -145,4 +151,3 @@ def build(arch: str, **kwargs) -> nn.Module:
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-

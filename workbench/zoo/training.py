@@ -3,6 +3,7 @@
 Optimisers: SGD with momentum (small or large batch), SAM (Foret et al. 2021: ascend to
 theta + rho g/|g|, take the gradient there, step from theta), and Adam.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,7 @@ def _sam_step(model, opt, lf, xb, yb, rho):
     opt.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for p in model.parameters() if p.grad is not None]
-    gnorm = torch.sqrt(sum((p.grad ** 2).sum() for p in params))
+    gnorm = torch.sqrt(sum((p.grad**2).sum() for p in params))
     eps = []
     with torch.no_grad():
         for p in params:
@@ -46,9 +47,24 @@ def _sam_step(model, opt, lf, xb, yb, rho):
     return float(loss.detach())
 
 
-def train(arch, arch_kwargs=None, optimizer="sgd", lr=0.05, momentum=0.9, batch_size=32, epochs=30,
-          seed=0, rho=0.05, target_loss=None, n_checkpoints=10, data=None, test_data=None, weight_decay=0.0,
-          grad_clip=None, progress=None):
+def train(
+    arch,
+    arch_kwargs=None,
+    optimizer="sgd",
+    lr=0.05,
+    momentum=0.9,
+    batch_size=32,
+    epochs=30,
+    seed=0,
+    rho=0.05,
+    target_loss=None,
+    n_checkpoints=10,
+    data=None,
+    test_data=None,
+    weight_decay=0.0,
+    grad_clip=None,
+    progress=None,
+):
     """Train one model; returns a dict of plain types and tensors (loadable with weights_only=True).
 
     Stops early once the full training loss is <= ``target_loss`` (checked every epoch), so runs
@@ -57,12 +73,44 @@ def train(arch, arch_kwargs=None, optimizer="sgd", lr=0.05, momentum=0.9, batch_
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _train(arch, arch_kwargs, optimizer, lr, momentum, batch_size, epochs, seed, rho, target_loss,
-                      n_checkpoints, data, test_data, weight_decay, grad_clip, progress)
+        return _train(
+            arch,
+            arch_kwargs,
+            optimizer,
+            lr,
+            momentum,
+            batch_size,
+            epochs,
+            seed,
+            rho,
+            target_loss,
+            n_checkpoints,
+            data,
+            test_data,
+            weight_decay,
+            grad_clip,
+            progress,
+        )
 
 
-def _train(arch, arch_kwargs, optimizer, lr, momentum, batch_size, epochs, seed, rho, target_loss, n_checkpoints,
-           data, test_data, weight_decay, grad_clip, progress):
+def _train(
+    arch,
+    arch_kwargs,
+    optimizer,
+    lr,
+    momentum,
+    batch_size,
+    epochs,
+    seed,
+    rho,
+    target_loss,
+    n_checkpoints,
+    data,
+    test_data,
+    weight_decay,
+    grad_clip,
+    progress,
+):
     gen = torch.Generator().manual_seed(seed)
     model = build(arch, **(arch_kwargs or {}))
     x, y = data if data is not None else digits("train")
@@ -82,8 +130,15 @@ def _train(arch, arch_kwargs, optimizer, lr, momentum, batch_size, epochs, seed,
 
     def save_ck(step, epoch):
         loss, acc = _full_loss(model, x, y, lf)
-        checkpoints.append({"step": step, "epoch": epoch, "train_loss": loss, "train_acc": acc,
-                            "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}})
+        checkpoints.append(
+            {
+                "step": step,
+                "epoch": epoch,
+                "train_loss": loss,
+                "train_acc": acc,
+                "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            }
+        )
 
     model.train()
     step = 0
@@ -91,7 +146,7 @@ def _train(arch, arch_kwargs, optimizer, lr, momentum, batch_size, epochs, seed,
     for epoch in range(1, epochs + 1):
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, bs):
-            idx = perm[i:i + bs]
+            idx = perm[i : i + bs]
             xb, yb = x[idx], y[idx]
             if optimizer == "sam":
                 loss = _sam_step(model, opt, lf, xb, yb, rho)

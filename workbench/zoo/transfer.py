@@ -8,6 +8,7 @@ Ground truth for (source, target):
   * ``finetune_acc``: the whole source network with a fresh head, trained with Adam (lr 3e-3,
     batch 32, fixed number of epochs, seeded) on the target's train split; test accuracy.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -31,13 +32,23 @@ def target_data(target: str, split: str = "train"):
 
 
 def linear_probe_accuracy(model: nn.Module, target: str, seed: int = 0) -> float:
-    return float(_linear_probe(model, target_data(target, "train"), target_data(target, "test"), seed=seed,
-                               progress=False))
+    return float(
+        _linear_probe(model, target_data(target, "train"), target_data(target, "test"), seed=seed, progress=False)
+    )
 
 
 def finetune_accuracy(model: nn.Module, target: str, epochs: int = 8, lr: float = 3e-3, seed: int = 0) -> float:
-    return float(_finetune(model, target_data(target, "train"), target_data(target, "test"), epochs=epochs, lr=lr,
-                           seed=seed, progress=False))
+    return float(
+        _finetune(
+            model,
+            target_data(target, "train"),
+            target_data(target, "test"),
+            epochs=epochs,
+            lr=lr,
+            seed=seed,
+            progress=False,
+        )
+    )
 
 
 def ground_truth(models: dict, targets=None, seed: int = 0) -> dict:
@@ -48,4 +59,3 @@ def ground_truth(models: dict, targets=None, seed: int = 0) -> dict:
         for t in targets:
             out[(s, t)] = (linear_probe_accuracy(m, t, seed), finetune_accuracy(m, t, seed=seed))
     return out
-
