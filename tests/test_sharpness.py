@@ -345,7 +345,7 @@ def test_bad_arguments_name_themselves(mlp):
         S.sam_sharpness(m, lf, data, m=10**6, progress=False)
 
 
-def test_summary_over_checkpoints(zoo_built):
+def test_summary_over_checkpoints(zoo_built, tmp_path):
     zoo = zoo_built
     x, y = zoo.data("train")
     cks = {c["step"]: c["model"] for c in zoo.checkpoints("mlp-sgd-small-s0")[-2:]}
@@ -356,8 +356,8 @@ def test_summary_over_checkpoints(zoo_built):
     np.testing.assert_allclose(ds.lambda_max_over_trace.values, ds.lambda_max.values / ds.trace.values, rtol=1e-12)
     import workbench as wb
 
-    wb.save(ds, "/tmp/_summary.nc")
-    assert wb.load("/tmp/_summary.nc").identical(ds)
+    wb.save(ds, tmp_path / "summary.nc")
+    assert wb.load(tmp_path / "summary.nc").identical(ds)
 
 
 def test_zoo_sharpness_measures_agree_on_the_cnn_and_disagree_on_the_mlp(zoo_built):

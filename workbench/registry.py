@@ -39,12 +39,10 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -52,27 +50,12 @@ import xarray as xr
 from torch import nn
 
 from .config import threads
-from .results import provenance
+from .results import model_fingerprint, provenance
 from .state import preserve
+from .tail import OPTIONAL, TAIL, TAIL_DEFAULTS, Cancelled, Context, check_tail  # noqa: F401  (the tail, re-exported)
 
-TAIL_DEFAULTS: dict[str, Any] = {
-    "mode": "eval",
-    "params": None,
-    "seed": 0,
-    "progress": True,
-    "cancel": None,
-    "device": None,
-}
-TAIL = tuple(TAIL_DEFAULTS)
-#: tail keywords a probe may not use (an explicit non-default value is then an error); every probe
-#: honours ``progress`` and ``cancel``
-OPTIONAL = ("mode", "params", "seed", "device")
 #: argument names that hold what the probe is *about* (not recorded in probe_params)
 SUBJECTS = ("model", "model_a", "model_b", "models", "loss_fn", "data", "inputs", "target_data")
-
-
-class Cancelled(KeyboardInterrupt):
-    """Raised inside a probe when its ``cancel`` event is set (a widget's Stop button)."""
 
 
 @dataclass(frozen=True)
@@ -120,137 +103,6 @@ def _modules_in(obj, out: list) -> list:
         for v in obj.values():
             _modules_in(v, out)
     return out
-
-
-def check_tail(mode="eval", params=None, seed=0, progress=True, cancel=None, device=None) -> dict:
-    """Validate the keyword tail; returns it as a dict (``device`` as a ``torch.device`` or None)."""
-    if mode not in ("eval", "train"):
-        raise ValueError(
-            f"mode: expected 'eval' (running statistics, no dropout) or 'train' (batch statistics), got {mode!r}"
-        )
-    if params is not None and not isinstance(params, str):
-        if not (isinstance(params, (list, tuple)) and all(isinstance(p, str) for p in params)):
-            raise TypeError(
-                f"params: expected None, a regex string or a list of parameter/module names, got "
-                f"{type(params).__name__}"
-            )
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
-    if not (isinstance(progress, bool) or callable(progress)):
-        raise TypeError(f"progress: expected True, False or a callable progress(done, total), got {progress!r}")
-    if cancel is not None and not callable(getattr(cancel, "is_set", None)):
-        raise TypeError(
-            f"cancel: expected None or a threading.Event (anything with is_set()), got {type(cancel).__name__}"
-        )
-    if device is not None:
-        try:
-            device = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ValueError(
-                f"device: expected None, 'cpu', 'cuda', 'cuda:0', ... or a torch.device, got {device!r}"
-            ) from None
-    return dict(mode=mode, params=params, seed=int(seed), progress=progress, cancel=cancel, device=device)
-
-
-def _progress_disabled(progress) -> bool:
-    if progress is False:
-        return True
-    return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
-
-
-class _Bar:
-    """A progress bar that is also a cancellation point: tqdm.auto, a callable, or nothing."""
-
-    def __init__(self, ctx: Context, total: int | None, desc: str | None):
-        self.ctx, self.total, self.n = ctx, total, 0
-        self.cb = ctx.progress if callable(ctx.progress) else None
-        self.tqdm = None
-        if self.cb is None and not _progress_disabled(ctx.progress) and (total is None or total > 1):
-            from tqdm.auto import tqdm
-
-            self.tqdm = tqdm(total=total, desc=desc or ctx.probe, leave=False)
-
-    def update(self, k: int = 1) -> None:
-        self.ctx.check_cancel()
-        self.n += k
-        if self.tqdm is not None:
-            self.tqdm.update(k)
-        if self.cb is not None:
-            self.cb(self.n, self.total or self.n)
-
-    def close(self) -> None:
-        if self.tqdm is not None:
-            self.tqdm.close()
-
-    def __enter__(self):
-        self.ctx.check_cancel()
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class Context:
-    """What the ``@probe`` decorator hands a probe body: the validated keyword tail and its tools."""
-
-    def __init__(self, probe: str, tail: dict, bound: dict):
-        self.probe = probe
-        self.mode: str = tail["mode"]
-        self.params = tail["params"]
-        self.seed: int = tail["seed"]
-        self.progress = tail["progress"]
-        self.cancel = tail["cancel"]
-        self.device: torch.device | None = tail["device"]
-        self.generator = torch.Generator().manual_seed(self.seed)
-        self.rng = np.random.default_rng(self.seed)
-        self._bound = bound
-        self._objective = None
-        self.data = None  # the adapted Data of the call, once a body asked for it (its fingerprint is recorded)
-        self.extra_params: dict = {}
-
-    def check_cancel(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise Cancelled(f"{self.probe} cancelled")
-
-    def bar(self, total: int | None = None, desc: str | None = None) -> _Bar:
-        """A progress bar (``with ctx.bar(n, "desc") as bar: ... bar.update()``); each update checks cancel."""
-        return _Bar(self, total, desc)
-
-    def iterate(self, iterable, total: int | None = None, desc: str | None = None):
-        """Iterate with a progress bar and a cancellation point before every item."""
-        items = list(iterable) if total is None and not hasattr(iterable, "__len__") else iterable
-        with self.bar(len(items) if total is None else total, desc) as bar:
-            for item in items:
-                self.check_cancel()
-                yield item
-                bar.update()
-
-    def record(self, **kw) -> None:
-        """Extra entries for ``probe_params`` (e.g. the number of samples)."""
-        self.extra_params.update(kw)
-
-    def objective(self, model: nn.Module | None = None, loss_fn=None, data=None):
-        """The :class:`~workbench.objective.Objective` of ``model`` (default the call's), with the tail's
-        ``params`` and ``mode``; cancellation is checked at every batch. The call's own is built once."""
-        from .objective import Objective
-
-        own = (model is None or model is self._bound.get("model_a")) and loss_fn is None and data is None
-        if own and self._objective is not None:
-            return self._objective
-        obj = Objective(
-            self._bound.get("model", self._bound.get("model_a")) if model is None else model,
-            self._bound["loss_fn"] if loss_fn is None else loss_fn,
-            self._bound["data"] if data is None else data,
-            params=self.params,
-            mode=self.mode,
-            device=self.device,
-            on_batch=self.check_cancel,
-        )
-        if own:
-            self._objective = obj
-            self.data = obj.data
-            self.record(n_samples=obj.data.n, n_params=obj.space.numel)
-        return obj
 
 
 def _rng_states():
@@ -360,8 +212,6 @@ def probe(name: str, *, case: Callable | None = None, tags: Tags | None = None):
                 time.perf_counter() - t0,
             )
             if isinstance(arguments.get("model_b"), nn.Module):
-                from .results import model_fingerprint
-
                 attrs["model_b_fingerprint"] = model_fingerprint(arguments["model_b"])
             out.attrs.update(attrs)
             return out

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import random
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -219,8 +220,6 @@ def check_no_copy_for_large_models(info: ProbeInfo) -> None:
 
 def check_cancel(info: ProbeInfo) -> None:
     """A ``cancel`` event that is set stops the probe with Cancelled, the model unchanged."""
-    import threading
-
     args, kwargs = case_of(info)
     mods = _modules(args, kwargs)
     states = [snapshot(m) for m in mods]

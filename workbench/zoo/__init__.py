@@ -20,14 +20,19 @@ then loaded from ``data/cache/zoo`` (or ``$WORKBENCH_DATA/cache/zoo``) with
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
+import xarray as xr
 from torch import nn
 
+from ..config import threads
 from ..results import atomic_write
 from . import transfer as _transfer
 from .datasets import digits
@@ -149,8 +154,6 @@ def build(which=None, force: bool = False, progress: bool = True) -> list[str]:
     """Train and cache the zoo models named in ``which`` (default: all); returns those trained."""
     from tqdm.auto import tqdm
 
-    from ..config import threads
-
     todo = names() if which is None else [which] if isinstance(which, str) else list(which)
     for n in todo:
         _check_name(n)
@@ -210,9 +213,6 @@ def data(split: str = "train", image: bool = False):
 
 def transfer_ground_truth():
     """Dataset over (source, target): linear_probe_acc and finetune_acc of every transfer source."""
-    import numpy as np
-    import xarray as xr
-
     srcs, tgts = names("transfer"), list(_transfer.TARGETS)
     lp = np.zeros((len(srcs), len(tgts)))
     ft = np.zeros_like(lp)
@@ -249,8 +249,6 @@ def minilm():
 
 def summary():
     """A table (pandas DataFrame) of every built zoo model: group, params, final losses and accuracies."""
-    import pandas as pd
-
     rows = []
     for n in names():
         rec = record(n)
@@ -274,8 +272,6 @@ def summary():
 def text_topics():
     """(sentences, labels): a small labelled text task shipped in data/text_topics.csv (160 sentences,
     4 topics: sports, weather, food, technology), for MiniLM layer selection."""
-    import csv
-
     path = Path(__file__).resolve().parents[2] / "data" / "text_topics.csv"
     if not path.exists():
         raise FileNotFoundError(f"text task: {path} is missing; it ships with the repository")
