@@ -8,6 +8,7 @@ bars that are also cancellation points, and the call's :class:`~workbench.object
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -114,12 +115,20 @@ class Context:
         self.progress = tail["progress"]
         self.cancel = tail["cancel"]
         self.device: torch.device | None = tail["device"]
-        self.generator = torch.Generator().manual_seed(self.seed)
-        self.rng = np.random.default_rng(self.seed)
         self._bound = bound
         self._objective = None
         self.data = None  # the adapted Data of the call, once a body asked for it (its fingerprint is recorded)
         self.extra_params: dict = {}
+
+    @functools.cached_property
+    def generator(self) -> torch.Generator:
+        """A CPU ``torch.Generator`` seeded with ``seed`` (the same draws on every device)."""
+        return torch.Generator().manual_seed(self.seed)
+
+    @functools.cached_property
+    def rng(self) -> np.random.Generator:
+        """A numpy ``Generator`` seeded with ``seed``."""
+        return np.random.default_rng(self.seed)
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
