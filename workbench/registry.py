@@ -153,7 +153,7 @@ def probe(name: str, *, case: Callable | None = None, tags: Tags | None = None):
     ...     obj = ctx.objective()
     ...     x, _ = obj.data.materialize()
     ...     import xarray as xr
-    ...     return xr.DataArray(float(obj.call(x).mean()), name="mean_output")
+    ...     return xr.DataArray(float(obj.call(x).detach().mean()), name="mean_output")
     >>> m = torch.nn.Linear(3, 2)
     >>> r = mean_output(m, torch.nn.MSELoss(), (torch.ones(4, 3), torch.zeros(4, 2)))
     >>> r.attrs["probe"], "model_fingerprint" in r.attrs
