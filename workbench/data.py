@@ -14,9 +14,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 import torch
+from torch.utils.data import Dataset, IterableDataset
 
 __all__ = ["Data", "as_data", "batch_len", "to_device", "input_batches", "call_model"]
+
+ONE_SHOT = (
+    "a one-shot iterable (a generator, iterator or IterableDataset that is used up after one pass) cannot "
+    "be read twice; pass a list of batches or a DataLoader whose dataset can be iterated again"
+)
 
 
 def batch_len(inputs) -> int:
@@ -63,13 +70,38 @@ def _tensors(obj):
             yield from _tensors(v)
 
 
-def _check_finite(obj, what: str) -> None:
-    for t in _tensors(obj):
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ValueError(
-                f"data: {what} contain NaN or inf values; clean or impute them before probing "
-                "(e.g. torch.nan_to_num) or drop the affected samples"
-            )
+def _check_finite(obj, what: str, arg: str = "data", inf_ok=()) -> None:
+    """NaN (and inf, except in the mapping entries named in ``inf_ok``, e.g. additive masks) are refused."""
+    items = obj.items() if isinstance(obj, Mapping) else [("", obj)]
+    for key, part in items:
+        for t in _tensors(part):
+            if t.is_floating_point() or t.is_complex():
+                bad = torch.isnan(t) if key in inf_ok or "mask" in str(key) else ~torch.isfinite(t)
+                if bool(bad.any()):
+                    raise ValueError(
+                        f"{arg}: {what} contain NaN or inf values ({int(bad.sum())} of {t.numel()}); clean or impute "
+                        "them before probing (e.g. torch.nan_to_num) or drop the affected samples"
+                    )
+
+
+def _as_tensors(v, what: str):
+    """numpy arrays and (nested) lists of numbers as tensors; tensors, mappings and tuples of tensors as they are."""
+    if isinstance(v, np.ndarray):
+        if v.dtype.kind not in "biuf":
+            raise TypeError(f"{what}: a numpy array of dtype {v.dtype}; pass numbers (a tensor or numeric array)")
+        return torch.from_numpy(np.ascontiguousarray(v))
+    if isinstance(v, list) and v and all(isinstance(e, (int, float, np.number)) and not isinstance(e, bool) for e in v):
+        return torch.as_tensor(v)
+    return v
+
+
+def _refuse_dataset(data, arg: str) -> None:
+    if isinstance(data, IterableDataset):
+        raise TypeError(f"{arg}: an IterableDataset yields single samples and may be used up; {ONE_SHOT}")
+    if isinstance(data, Dataset):
+        raise TypeError(
+            f"{arg}: a Dataset yields single samples, not batches; wrap it: DataLoader(dataset, batch_size=...)"
+        )
 
 
 class Data:
@@ -86,8 +118,9 @@ class Data:
         self._source = None
         if isinstance(data, Data):
             data = data._pair if data._pair is not None else data._source
+        _refuse_dataset(data, "data")
         if isinstance(data, (tuple, list)) and len(data) == 2 and not _is_batch_list(data):
-            x, y = data
+            x, y = _as_tensors(data[0], "data"), _as_tensors(data[1], "data")
             nx, ny = batch_len(x), batch_len(y) if isinstance(y, torch.Tensor) else None
             if ny is not None and nx != ny:
                 raise ValueError(
@@ -109,12 +142,15 @@ class Data:
                     "DataLoader, a list of (inputs, targets) batches, or an (inputs, targets) pair"
                 )
             self._source = data
+            self.n = None
             n, nb = 0, 0
             for b in self._raw_batches():
                 n += b[2]
                 nb += 1
             if n == 0:
                 raise ValueError("data: the data yielded no samples; pass a non-empty DataLoader or pair")
+            if not isinstance(data, (list, tuple)) and next(iter(data), None) is None:
+                raise ValueError(f"data: a second pass over the data yielded nothing: {ONE_SHOT}")
             self.n = n
             self.n_batches = nb
         else:
@@ -124,14 +160,16 @@ class Data:
             )
 
     def _raw_batches(self):
+        seen = 0
         for i, item in enumerate(self._source):
             if not isinstance(item, (tuple, list)) or len(item) != 2:
                 raise TypeError(
                     f"data: batch {i} is a {type(item).__name__}, expected an (inputs, targets) pair; "
                     "wrap your dataset so that it yields (inputs, targets)"
                 )
-            x, y = item
+            x, y = _as_tensors(item[0], "data"), _as_tensors(item[1], "data")
             n = batch_len(x)
+            seen += n
             if isinstance(y, torch.Tensor) and y.dim() > 0 and y.shape[0] != n:
                 raise ValueError(f"data: batch {i} has {n} inputs but {y.shape[0]} targets")
             if n == 0:
@@ -140,6 +178,8 @@ class Data:
                 _check_finite(x, f"inputs of batch {i}")
                 _check_finite(y, f"targets of batch {i}")
             yield x, y, n
+        if self.n is not None and seen != self.n:
+            raise ValueError(f"data: this pass over the data yielded {seen} samples, the first {self.n}: {ONE_SHOT}")
 
     def batches(self):
         """Yield ``(inputs, targets, n_b)`` on the device."""
@@ -247,31 +287,32 @@ def _is_labelled(batch) -> bool:
         return False
 
 
-def input_batches(data, device=None, what: str = "inputs") -> list:
-    """The input batches of ``data`` for probes that need no labels, on ``device``.
+def input_batches(data, device=None, what: str = "inputs", dtype=None) -> list:
+    """The input batches of ``data`` for probes that need no labels, on ``device`` (floating tensors cast
+    to ``dtype`` when given).
 
     ``data`` is one batch (a tensor, a mapping of tensors, a tuple of positional tensors, or an
-    ``(inputs, labels)`` pair whose labels are dropped), or a DataLoader / list of such batches.
-    A one-shot iterator is refused (probes may pass over the data more than once).
+    ``(inputs, labels)`` pair whose labels are dropped), or a DataLoader / list of such batches; numpy
+    arrays are taken as tensors. One-shot iterables and Datasets (single samples) are refused, and so
+    are empty batches and NaN (or, outside masks, inf) values.
     """
     from torch.utils.data import DataLoader
 
+    _refuse_dataset(data, what)
+    data = _as_tensors(data, what) if isinstance(data, np.ndarray) else data
     if isinstance(data, Data):
         batches = [x for x, _, _ in data.batches()]
     elif isinstance(data, DataLoader) or (
         isinstance(data, list)
         and data
         and not _is_labelled(data)
-        and all(isinstance(b, (Mapping, torch.Tensor, tuple, list)) for b in data)
+        and all(isinstance(b, (Mapping, torch.Tensor, tuple, list, np.ndarray)) for b in data)
     ):
         batches = list(data)
     elif isinstance(data, (torch.Tensor, Mapping, tuple)) or _is_labelled(data):
         batches = [data]
-    elif isinstance(data, Iterable) and iter(data) is data:
-        raise TypeError(
-            f"{what}: a one-shot iterator/generator cannot be iterated more than once; pass a "
-            "DataLoader, a list of batches or one batch"
-        )
+    elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)) and iter(data) is data:
+        raise TypeError(f"{what}: {ONE_SHOT}")
     elif isinstance(data, list) and not data:
         raise ValueError(f"{what}: empty; pass a tensor, a mapping of tensors, or a DataLoader of them")
     else:
@@ -280,10 +321,13 @@ def input_batches(data, device=None, what: str = "inputs") -> list:
             f"DataLoader / list of such batches; got {type(data).__name__}"
         )
     out = []
-    for b in batches:
+    for i, b in enumerate(batches):
+        b = _as_tensors(b, what)
         b = b[0] if _is_labelled(b) else b
-        batch_len(b)  # a clear error for a batch without a tensor
-        out.append(to_device(b, device))
+        if batch_len(b) == 0:  # also a clear error for a batch without a tensor
+            raise ValueError(f"{what}: batch {i} has no examples (dim 0 is 0); pass non-empty batches")
+        _check_finite(b if not isinstance(b, tuple) else b[0], "inputs", what)
+        out.append(to_device(b, device, dtype))
     if not out:
         raise ValueError(f"{what}: the data yielded no batches; pass a non-empty DataLoader or batch")
     return out

@@ -12,12 +12,15 @@ are put back, so an Objective can be used outside a probe.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from .data import as_data
-from .params import ParamSpace, check_model, check_targets, forward, model_device_dtype
+from .params import ParamSpace, check_model, check_targets, class_targets, forward, model_device_dtype
 from .state import modes
+from .validate import EXPLAINED, call_error, describe
 
 
 def _check_loss_value(v, where="loss_fn") -> None:
@@ -84,6 +87,8 @@ class Objective:
         self.fresh = mode == "train"
         self.on_batch = on_batch
         self._checked = False
+        self._explain = False  # plain (untransformed) calls explain torch's errors on the first batch
+        self._plain_ok = False
         self._modules = list(model.modules())
         # parameters outside the probed subset enter detached (no graph through them); computed once
         moved = set(self.space.names) | {a for al in self.space.aliases.values() for a in al}
@@ -111,15 +116,58 @@ class Objective:
         """(mean loss of one batch, outputs) at the parameters ``theta_dict`` (by name) over ``base``."""
         tensors = dict(self.base() if base is None else base)
         tensors.update(theta_dict)
-        with modes(self.model, self.mode, self._modules):
-            out = forward(self.model, tensors, x)
+        try:
+            with modes(self.model, self.mode, self._modules):
+                out = forward(self.model, tensors, x)
+        except EXPLAINED as e:
+            err = self._explain and call_error(
+                e, "data", f"the model's forward failed on inputs {describe(x)}", "Pass inputs the model takes."
+            )
+            if not err:
+                raise
+            raise err from e
         if not self._checked:
             check_targets(out, y, self.loss_fn)
-        loss = self.loss_fn(out, y)
+        try:
+            loss = self.loss_fn(out, y)
+        except EXPLAINED as e:
+            err = self._explain and call_error(
+                e, "loss_fn", f"failed on outputs {describe(out)} and targets {describe(y)}", "Check the targets."
+            )
+            if not err:
+                raise
+            raise err from e
         if not self._checked:
             _check_loss_value(loss)
             self._checked = True
         return loss, out
+
+    def _first(self, x, y, n, call):
+        """``call()`` (a plain evaluation of one batch); on the first batch ever, torch's errors about what the
+        model or the loss was given become clear errors naming the data or the loss."""
+        if self._plain_ok:
+            return call()
+        self._explain = True
+        try:
+            out = call()
+        finally:
+            self._explain = False
+        self._plain_ok = True
+        return out
+
+    def nonfinite(self, value: float, theta: torch.Tensor | None, what: str | None = None) -> ValueError:
+        """The error for a non-finite mean loss ``value`` at ``theta``; ``what`` names the argument that moved
+        theta away from theta0 (e.g. ``"rho"``)."""
+        dist = 0.0 if theta is None else float((theta.double() - self.theta0.double()).norm())
+        if dist == 0.0:
+            return ValueError(
+                f"data: the mean loss is {value} at the model's parameters; the inputs, targets, weights or loss "
+                "produce non-finite values there (check them for NaN, inf or overflow)"
+            )
+        return ValueError(
+            f"{what or 'data'}: the mean loss is {value} at a point {dist:.3g} away from the model's parameters "
+            f"(the loss overflows or is undefined there){'; use a smaller ' + what if what else ''}"
+        )
 
     def batch_fn(self, x, y, base: dict | None = None):
         """``theta -> mean loss of the batch (x, y)`` for a flat theta (for torch.func transforms)."""
@@ -131,18 +179,29 @@ class Objective:
         return f
 
     def batches(self, data=None):
-        """The batches ``(x, y, n_b)`` of ``data`` (default the objective's), with the ``on_batch`` check."""
+        """The batches ``(x, y, n_b)`` of ``data`` (default the objective's), with the ``on_batch`` check;
+        class labels as the int64 a class-index loss takes (:func:`~workbench.params.class_targets`)."""
         data = self.data if data is None else as_data(data, self.device, self.dtype)
         for x, y, n in data.batches():
             if self.on_batch is not None:
                 self.on_batch()
-            yield x, y, n
+            yield x, class_targets(y, self.loss_fn), n
 
     @torch.no_grad()
-    def evaluate(self, theta: torch.Tensor | None = None, with_accuracy: bool = False, data=None, buffers=None):
+    def evaluate(
+        self,
+        theta: torch.Tensor | None = None,
+        with_accuracy: bool = False,
+        data=None,
+        buffers=None,
+        finite: bool = True,
+        what: str | None = None,
+    ):
         """(mean loss, accuracy or None) at ``theta`` (default theta0) over ``data`` (default the
         objective's data); float64 accumulation. ``buffers`` (by name) replace the model's own for this
-        evaluation (e.g. BatchNorm statistics recomputed along an interpolation path)."""
+        evaluation (e.g. BatchNorm statistics recomputed along an interpolation path). A non-finite mean loss
+        is a ValueError (:meth:`nonfinite`, naming ``what``) unless ``finite=False`` (landscapes: NaN cells)."""
+        at = theta
         theta = self.theta0 if theta is None else theta
         data = self.data if data is None else as_data(data, self.device, self.dtype, check_finite=False)
         td = self.space.unflatten(theta)
@@ -151,7 +210,7 @@ class Objective:
             base = self.base()
             if buffers is not None:  # train mode gets copies: BatchNorm writes into what it is given
                 base.update({k: v.detach().clone() if self.fresh else v.detach() for k, v in buffers.items()})
-            loss, out = self.batch_loss(td, x, y, base)
+            loss, out = self._first(x, y, n, lambda: self.batch_loss(td, x, y, base))  # noqa: B023
             total += float(loss) * n
             if is_clf:
                 c = accuracy_count(out, y)
@@ -160,23 +219,42 @@ class Objective:
                 else:
                     correct += c
         loss = total / data.n
+        if finite and not math.isfinite(loss):
+            raise self.nonfinite(loss, at, what)
         acc = correct / data.n if is_clf else None
         return loss, acc
 
-    def loss(self, theta: torch.Tensor | None = None) -> float:
-        """The mean loss at ``theta`` (default theta0)."""
-        return self.evaluate(theta)[0]
+    def loss(self, theta: torch.Tensor | None = None, what: str | None = None) -> float:
+        """The mean loss at ``theta`` (default theta0); non-finite: a ValueError naming ``what``."""
+        return self.evaluate(theta, what=what)[0]
 
-    def loss_and_grad(self, theta: torch.Tensor | None = None, data=None):
-        """(L(theta), grad L(theta)) as (float, flat tensor), sample-weighted over batches."""
+    def loss_and_grad(self, theta: torch.Tensor | None = None, data=None, what: str | None = None):
+        """(L(theta), grad L(theta)) as (float, flat tensor), sample-weighted over batches; a non-finite
+        loss or gradient is a ValueError (naming ``what``, see :meth:`nonfinite`)."""
+        at = theta
         theta = (self.theta0 if theta is None else theta).detach()
         data = self.data if data is None else as_data(data, self.device, self.dtype)
         total, g = 0.0, torch.zeros_like(theta)
         for x, y, n in self.batches(data):
             th = theta.clone().requires_grad_(True)
             with torch.enable_grad():
-                loss = self.batch_fn(x, y)(th)
+                loss = self._first(x, y, n, lambda: self.batch_fn(x, y)(th))  # noqa: B023
                 (gb,) = torch.autograd.grad(loss, th)
             total += float(loss.detach()) * n
             g += gb * (n / data.n)
+        if not math.isfinite(total):
+            raise self.nonfinite(total / data.n, at, what)
+        if not bool(torch.isfinite(g).all()):
+            bad = int((~torch.isfinite(g)).sum())
+            raise self.nonfinite(f"finite but its gradient is not ({bad} entries)", at, what)
         return total / data.n, g
+
+    def check_inputs(self) -> None:
+        """Run the first batch once, plainly (no gradients): a clear error for inputs the model cannot take or
+        targets the loss cannot take, before any vectorised (``vmap``) or differentiated evaluation would raise
+        torch's own. Cheap: one batch, once per Objective."""
+        if self._plain_ok:
+            return
+        x, y, n = next(iter(self.batches()))
+        with torch.no_grad():
+            self._first(x, y, n, lambda: self.batch_loss(self.space.unflatten(self.theta0), x, y))

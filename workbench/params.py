@@ -25,10 +25,30 @@ def model_device_dtype(model: nn.Module):
 
 
 def check_model(model, arg: str = "model") -> nn.Module:
+    """``model`` if it is an ``nn.Module`` with parameters of one floating dtype, else a clear error: probes
+    over the parameters evaluate one flat vector, in one dtype.
+
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1).double())
+    >>> try:
+    ...     check_model(m)
+    ... except ValueError as e:
+    ...     print(str(e)[:72])
+    model: its parameters mix dtypes (float32: 0.weight, 0.bias; float64: 1.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"{arg}: expected a torch.nn.Module, got {type(model).__name__}")
     if not any(True for _ in model.parameters()):
         raise ValueError(f"{arg}: the model has no parameters; probes need a model with at least one parameter")
+    dtypes: dict[torch.dtype, list[str]] = {}
+    for n, p in model.named_parameters():
+        if p.is_floating_point():
+            dtypes.setdefault(p.dtype, []).append(n)
+    if len(dtypes) > 1:
+        mix = "; ".join(f"{str(d).removeprefix('torch.')}: {', '.join(ns[:3])}" for d, ns in dtypes.items())
+        raise ValueError(
+            f"{arg}: its parameters mix dtypes ({mix}); probes over the parameters evaluate them as one vector "
+            "in one dtype: cast the model first (model.float() or model.double())"
+        )
     return model
 
 
@@ -88,8 +108,8 @@ class ParamSpace:
         strings selects parameter names exactly or every parameter under a module name.
     """
 
-    def __init__(self, model: nn.Module, params=None):
-        check_model(model)
+    def __init__(self, model: nn.Module, params=None, arg: str = "model"):
+        check_model(model, arg)
         self.model = model
         chosen = select_parameters(model, params)
         self.names = [n for n, _ in chosen]
@@ -100,6 +120,12 @@ class ParamSpace:
         self.device, self.dtype = chosen[0][1].device, chosen[0][1].dtype
         # values frozen at construction: the point theta_0 every probe is centred on
         self.theta0 = self.flatten([p.detach() for _, p in chosen]).clone()
+        if not bool(torch.isfinite(self.theta0).all()):
+            bad = [n for n, p in chosen if not bool(torch.isfinite(p.detach()).all())]
+            raise ValueError(
+                f"{arg}: the parameters {bad[:5]} contain NaN or inf values; a probe around them is undefined "
+                "(load a checkpoint from before the divergence)"
+            )
 
     def __len__(self):
         return self.numel
@@ -164,11 +190,59 @@ def forward(model, tensors, inputs):
     return functional_call(model, tensors, (inputs,), **kw)
 
 
+#: losses that take class indices as targets (int64 in torch)
+CLASS_INDEX_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.MultiMarginLoss)
+
+
+def class_index_loss(loss_fn) -> bool:
+    """True for losses whose targets are class indices (``nn.CrossEntropyLoss``, ``nn.NLLLoss``, ...).
+
+    >>> class_index_loss(torch.nn.CrossEntropyLoss()), class_index_loss(torch.nn.MSELoss())
+    (True, False)
+    """
+    return isinstance(loss_fn, CLASS_INDEX_LOSSES) or loss_fn in (
+        torch.nn.functional.cross_entropy,
+        torch.nn.functional.nll_loss,
+    )
+
+
+def class_targets(targets, loss_fn):
+    """Class labels as the int64 a class-index loss takes, where that is unambiguous: int32 / int16 /
+    uint8 labels, and 1-D float labels with integer values (2-D float targets are class probabilities and
+    stay); float labels with fractions are an error. Anything else is returned as it is.
+
+    >>> class_targets(torch.tensor([0.0, 2.0]), torch.nn.CrossEntropyLoss())
+    tensor([0, 2])
+    """
+    if not isinstance(targets, torch.Tensor) or targets.dtype == torch.int64 or not class_index_loss(loss_fn):
+        return targets
+    if targets.is_floating_point():
+        if targets.dim() != 1:
+            return targets
+        if not bool((targets == targets.round()).all()):
+            raise ValueError(
+                f"data: the targets are {str(targets.dtype).removeprefix('torch.')} with fractional values, but "
+                f"{type(loss_fn).__name__} takes class indices; pass integer labels 0..C-1"
+            )
+        return targets.long()
+    if targets.dtype in (torch.int32, torch.int16, torch.int8, torch.uint8):
+        return targets.long()
+    return targets
+
+
 def check_targets(outputs, targets, loss_fn=None) -> None:
-    """Clear errors for class labels out of range (before torch's cryptic ones)."""
+    """Clear errors for class labels of the wrong shape or out of range (before torch's cryptic ones)."""
     if not isinstance(targets, torch.Tensor) or not isinstance(outputs, torch.Tensor):
         return
-    if targets.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8) and outputs.dim() >= 2:
+    integer = targets.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
+    if integer and class_index_loss(loss_fn) and outputs.dim() >= 2:
+        want = (outputs.shape[0], *outputs.shape[2:])
+        if tuple(targets.shape) != want:
+            raise ValueError(
+                f"data: the targets have shape {tuple(targets.shape)}, but {type(loss_fn).__name__} on outputs of "
+                f"shape {tuple(outputs.shape)} needs one class label per sample, shape {want} (e.g. y.squeeze(1))"
+            )
+    if integer and outputs.dim() >= 2:
         c = outputs.shape[1] if outputs.dim() > 2 else outputs.shape[-1]
         if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= c):
             ignore = getattr(loss_fn, "ignore_index", None)
