@@ -471,7 +471,8 @@ def test_rho_ball_probes_share_defaults_and_eigenvalues_are_a_dataset():
     assert "n_draws" in inspect.signature(S.average_sharpness).parameters
     q = quadratic([3.0, 2.0, 1.0])
     ds = S.hessian_eigenvalues(q, mean_out, DUMMY, k=2, progress=False)
-    assert set(ds.data_vars) == {"eigenvalue", "residual"} and ds.attrs["probe"] == "curvature.hessian_eigenvalues"
+    assert set(ds.data_vars) == {"eigenvalue", "residual", "converged"}
+    assert ds.attrs["probe"] == "curvature.hessian_eigenvalues" and bool(ds.converged.all())
     ds = S.hessian_eigenvalues(q, mean_out, DUMMY, k=2, return_eigenvectors=True, progress=False)
     assert ds["eigenvector"].dims == ("rank", "param")
 

@@ -126,8 +126,7 @@ class Objective:
             if not err:
                 raise
             raise err from e
-        if not self._checked:
-            check_targets(out, y, self.loss_fn)
+        check_targets(out, y, self.loss_fn)  # every batch: a later batch may hold the bad label
         try:
             loss = self.loss_fn(out, y)
         except EXPLAINED as e:

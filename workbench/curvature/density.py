@@ -17,9 +17,10 @@ from torch import nn
 
 from ..registry import probe
 from ..testing import hostile_case
+from ..validate import choice, count, finite_array, positive
 from .lanczos import STOCHASTIC, lanczos
-from .operators import HessianOperator
-from .probing import rademacher
+from .operators import ENGINES, HessianOperator
+from .probing import finite_products, rademacher
 
 
 def slq(
@@ -82,14 +83,14 @@ def density_from_nodes(
         nodes, weights = nodes[None], weights[None]
     if nodes.shape != weights.shape:
         raise ValueError(f"weights: expected the shape of nodes {nodes.shape}, got {weights.shape}")
+    if not np.isfinite(nodes).any() or np.isinf(nodes).any() or not np.all(np.isfinite(weights)):
+        raise ValueError("nodes: expected finite SLQ nodes and weights (NaN nodes only where a run stopped early)")
+    sigma = positive("sigma", sigma, none=True)
+    n_grid = count("n_grid", n_grid, lo=2)
     lo, hi = np.nanmin(nodes), np.nanmax(nodes)
     span = max(hi - lo, 1e-12)
-    sigma = float(sigma) if sigma is not None else 0.01 * span
-    if not sigma > 0:
-        raise ValueError(f"sigma: the kernel width must be > 0, got {sigma}")
-    if grid is None:
-        grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, n_grid)
-    grid = np.asarray(grid, float)
+    sigma = sigma if sigma is not None else 0.01 * span
+    grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, n_grid) if grid is None else finite_array("grid", grid)
     dens = gaussian_density(nodes, weights, grid, sigma)
     return xr.DataArray(
         dens,
@@ -139,17 +140,21 @@ def spectral_density(
     >>> sorted(set(np.round(d.attrs["slq_nodes"], 4).tolist())), d.attrs["n_hvp"]    # 2 steps: exact nodes
     ([1.0, 4.0], 4)
     """
-    if int(n_runs) < 1:
-        raise ValueError(f"n_runs: need at least 1 Lanczos run, got {n_runs}")
-    if int(n_lanczos) < 2:
-        raise ValueError(f"n_lanczos: need at least 2 Lanczos steps per run (60 is typical), got {n_lanczos}")
+    n_runs = count("n_runs", n_runs)
+    n_lanczos = count("n_lanczos", n_lanczos, lo=2)
+    positive("sigma", sigma, none=True)
+    if grid is not None:
+        finite_array("grid", grid)
+    count("n_grid", n_grid, lo=2)
+    choice("engine", engine, ENGINES)
     obj = ctx.objective()
+    obj.loss()  # a clear error for bad inputs or a non-finite loss before any Hessian-vector product
     P = obj.space.numel
-    m = min(int(n_lanczos), P)
+    m = min(n_lanczos, P)
     ctx.record(n_lanczos=m)
-    with ctx.bar(int(n_runs) * m, "spectral density (SLQ)") as bar:
+    with ctx.bar(n_runs * m, "spectral density (SLQ)") as bar:
         op = HessianOperator(obj, engine=engine, callback=bar.update)
-        nodes, weights = slq(op.matvec_np, P, int(n_runs), m, ctx.rng)
+        nodes, weights = slq(finite_products(op.matvec_np, obj), P, n_runs, m, ctx.rng)
     da = density_from_nodes(nodes, weights, sigma=sigma, grid=grid, n_grid=n_grid)
     da.attrs["n_hvp"] = int(op.n_products)
     return da

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import xarray as xr
 from torch import nn
 
 from ..registry import Tags, probe
 from ..testing import hostile_case
-from .operators import HessianOperator
+from ..validate import choice, count, integer
+from .operators import ENGINES, HessianOperator
 
 
 @probe(
@@ -40,7 +42,11 @@ def exact_hessian(
     >>> exact_hessian(m, sq, (x, torch.zeros(2, 1)), progress=False).values.tolist()
     [[1.0, 0.0], [0.0, 4.0]]
     """
+    max_params = integer("max_params", max_params, lo=1)
+    chunk = count("chunk", chunk, hi=None)
+    choice("engine", engine, ENGINES)
     obj = ctx.objective()
+    obj.loss()  # a clear error for bad inputs or a non-finite loss before any Hessian-vector product
     P = obj.space.numel
     if P > max_params:
         raise ValueError(
@@ -50,6 +56,11 @@ def exact_hessian(
     with ctx.bar(P, "exact Hessian") as bar:
         op = HessianOperator(obj, engine=engine, chunk=min(chunk, 64), callback=bar.update)
         H = op.dense(chunk=chunk)
+    if not np.all(np.isfinite(H)):
+        raise ValueError(
+            "model: the Hessian has NaN or inf entries while the loss is finite: the loss is not twice "
+            "differentiable at the parameters or its second derivatives overflow"
+        )
     return xr.DataArray(
         H,
         dims=("row", "col"),

@@ -7,19 +7,21 @@ of the data loss (:class:`~workbench.curvature.HessianOperator`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import xarray as xr
-from scipy.sparse.linalg import eigsh
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import nn
 
 from ..registry import Tags, probe
 from ..testing import hostile_case
-from .operators import HessianOperator
-from .probing import rademacher
+from ..validate import boolean, choice, count, finite_nonneg, integer
+from .operators import ENGINES, HessianOperator
+from .probing import finite_products, rademacher
 
 STOCHASTIC = Tags(inputs="pair", stochastic=True, uses=("mode", "params", "seed", "device"))
 
@@ -137,9 +139,11 @@ def hessian_eigenvalues(
     like residual^2 / gap, so the default ``tol=1e-3`` gives eigenvalues near float32 precision.
     ``method="eigsh"``: ``scipy.sparse.linalg.eigsh(which='LA' / 'SA')`` over the same operator.
 
-    Returns a Dataset over ``rank`` (0 = most extreme) with ``eigenvalue`` and ``residual`` and attrs
-    ``n_hvp``; with ``return_eigenvectors=True`` also ``eigenvector`` over (rank, param): unit flat
-    vectors in ``model.parameters()`` order, usable as landscape directions.
+    Returns a Dataset over ``rank`` (0 = most extreme) with ``eigenvalue``, ``residual`` and ``converged``
+    (residual <= tol |eigenvalue|) and attrs ``n_hvp``; fewer than ``k`` eigenvalues (a Krylov space of
+    smaller dimension) or unconverged ones come with a RuntimeWarning; with ``return_eigenvectors=True``
+    also ``eigenvector`` over (rank, param): unit flat vectors in ``model.parameters()`` order, usable as
+    landscape directions.
 
     >>> import torch
     >>> from workbench.curvature import hessian_eigenvalues
@@ -150,34 +154,61 @@ def hessian_eigenvalues(
     >>> [round(v, 4) for v in ds["eigenvalue"].values.tolist()], ds.attrs["n_hvp"]
     ([4.0, 1.0], 2)
     """
+    k = integer("k", k, lo=1)
+    choice("which", which, ("largest", "smallest"))
+    choice("method", method, ("lanczos", "eigsh"))
+    tol = finite_nonneg("tol", tol)
+    max_hvp = count("max_hvp", max_hvp, none=True)
+    boolean("return_eigenvectors", return_eigenvectors)
+    choice("engine", engine, ENGINES)
     obj = ctx.objective()
     P = obj.space.numel
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= P:
-        raise ValueError(f"k: expected an int in 1..{P} (the number of parameters), got {k!r}")
-    if which not in ("largest", "smallest"):
-        raise ValueError(f"which: expected 'largest' or 'smallest', got {which!r}")
-    if method not in ("lanczos", "eigsh"):
-        raise ValueError(f"method: expected 'lanczos' or 'eigsh', got {method!r}")
-    max_hvp = min(P, max(60, 10 * k)) if max_hvp is None else int(max_hvp)
+    if k > P - (method == "eigsh"):
+        raise ValueError(
+            f"k: expected an int in 1..{P - (method == 'eigsh')} (the number of parameters"
+            f"{'' if method == 'lanczos' else ' - 1, for eigsh'}), got {k}"
+        )
+    obj.loss()  # a clear error for bad inputs or a non-finite loss before any Hessian-vector product
+    max_hvp = min(P, max(60, 10 * k)) if max_hvp is None else max_hvp
     with ctx.bar(max_hvp, "Hessian eigenvalues") as bar:
         op = HessianOperator(obj, engine=engine, callback=bar.update)
+        mv, mm = finite_products(op.matvec_np, obj), finite_products(op.matmat_np, obj)
         v0 = rademacher(ctx.rng, P)
         if method == "lanczos":
-            res = lanczos(op.matvec_np, v0, max_hvp, k=k, which=which, tol=tol)
+            res = lanczos(mv, v0, max_hvp, k=k, which=which, tol=tol)
             vals, S, resid = ritz(res, k, which)
             vecs = res.Q @ S if return_eigenvectors else None
         else:
-            vals, vecs = eigsh(
-                op.to_scipy(), k=k, which="LA" if which == "largest" else "SA", v0=v0, tol=tol * 1e-3, maxiter=max_hvp
-            )
+            lin = LinearOperator(op.shape, matvec=mv, rmatvec=mv, matmat=mm, dtype=np.float64)
+            try:
+                vals, vecs = eigsh(
+                    lin, k=k, which="LA" if which == "largest" else "SA", v0=v0, tol=tol * 1e-3, maxiter=max_hvp
+                )
+            except ArpackNoConvergence as e:  # the pairs that did converge
+                vals, vecs = e.eigenvalues, e.eigenvectors
             order = np.argsort(vals)[::-1] if which == "largest" else np.argsort(vals)
             vals, vecs = vals[order], vecs[:, order]
-            resid = np.linalg.norm(op.matmat_np(vecs) - vecs * vals, axis=0)
+            resid = np.linalg.norm(mm(vecs) - vecs * vals, axis=0) if len(vals) else np.zeros(0)
+    converged = resid <= max(tol, 1e-12) * np.maximum(np.abs(vals), 1e-30)
+    if len(vals) < k or not converged.all():
+        warnings.warn(
+            f"hessian_eigenvalues: {int(converged.sum())} of the k={k} requested eigenvalues converged (residual "
+            f"<= tol |lambda| after {op.n_products} Hessian-vector products"
+            + (
+                f"; only {len(vals)} were found: the Krylov space of the start vector has that dimension"
+                if len(vals) < k
+                else ""
+            )
+            + "); see the result's 'converged' variable, raise max_hvp or tol",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     units = "nats / param^2"
     ds = xr.Dataset(
         {
             "eigenvalue": ("rank", vals, {"long_name": f"{which} Hessian eigenvalues", "units": units}),
             "residual": ("rank", resid, {"long_name": "Ritz residual ||H y - lambda y||", "units": units}),
+            "converged": ("rank", converged, {"long_name": "residual <= tol |eigenvalue|"}),
         },
         coords={"rank": np.arange(len(vals))},
         attrs={"n_hvp": int(op.n_products)},

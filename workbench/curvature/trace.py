@@ -18,9 +18,10 @@ from torch import nn
 
 from ..registry import probe
 from ..testing import hostile_case
+from ..validate import choice, count, fraction, positive
 from .lanczos import STOCHASTIC
-from .operators import HessianOperator
-from .probing import rademacher
+from .operators import ENGINES, HessianOperator
+from .probing import finite_products, rademacher
 
 MatMat = Callable[[np.ndarray], np.ndarray]
 
@@ -171,27 +172,27 @@ def hessian_trace(
     >>> round(float(t), 4), t.attrs["n_hvp"]
     (5.0, 2)
     """
-    if method not in METHODS:
-        raise ValueError(f"method: expected 'hutchinson', 'hutch++', 'xtrace' or 'exact', got {method!r}")
-    if rtol is not None and not rtol > 0:
-        raise ValueError(f"rtol: the target relative half-width of the confidence interval must be > 0, got {rtol}")
+    choice("method", method, METHODS)
+    n_hvp = count("n_hvp", n_hvp, lo=1 if method == "exact" else 4)
+    rtol = positive("rtol", rtol, none=True)
+    max_hvp = count("max_hvp", max_hvp)
+    confidence = fraction("confidence", confidence)
+    choice("engine", engine, ENGINES)
     if rtol is not None and method == "xtrace":
         raise ValueError(
             "rtol: CI-based stopping is available for 'hutchinson' and 'hutch++'; XTrace is not incremental"
         )
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence: expected a level in (0, 1), e.g. 0.95, got {confidence}")
-    if method != "exact" and n_hvp < 4:
-        raise ValueError(f"n_hvp: need at least 4 Hessian-vector products, got {n_hvp}")
     obj = ctx.objective()
+    obj.loss()  # a clear error for bad inputs or a non-finite loss before any Hessian-vector product
     P = obj.space.numel
     rng = ctx.rng
     total = P if method == "exact" else max(n_hvp, max_hvp) if rtol is not None else n_hvp
     with ctx.bar(total, f"Hessian trace ({method})") as bar:
         op = HessianOperator(obj, engine=engine, callback=bar.update)
-        mm = op.matmat_np
+        mm = finite_products(op.matmat_np, obj)
         if method == "exact":
-            return _trace_result(np.trace(op.dense()), 0.0, op.n_products, method, confidence, P)
+            H = finite_products(lambda _: op.dense(), obj)(None)
+            return _trace_result(np.trace(H), 0.0, op.n_products, method, confidence, P)
         if method == "xtrace":
             est, se, _ = xtrace(mm, P, n_hvp, rng)
             return _trace_result(est, se, op.n_products, method, confidence, P)

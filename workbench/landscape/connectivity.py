@@ -25,6 +25,7 @@ from ..params import ParamSpace, forward
 from ..registry import Tags, probe
 from ..state import modes
 from ..testing import hostile_data, hostile_model
+from ..validate import count
 from .directions import check_same_space
 from .grid import lattice_axis, mark_nonfinite
 
@@ -126,19 +127,25 @@ def interpolate(
     obj = ctx.objective(model=model_a)  # the call's own objective is the one of ``model``; this is model_a's
     ctx.data = obj.data  # so that the decorator records the data fingerprint
     ctx.record(n_samples=obj.data.n, n_params=obj.space.numel)
-    space_b = ParamSpace(model_b, ctx.params)
+    space_b = ParamSpace(model_b, ctx.params, arg="model_b")
     check_same_space(obj.space, space_b)
     if space_b.device != obj.device:
         raise ValueError(
             f"model_b: its parameters are on {space_b.device}, model_a's on {obj.device}; move both "
             "models to one device"
         )
-    t = lattice_axis(coords, steps, (0.0, 1.0)) if coords is not None else np.linspace(0.0, 1.0, steps)
+    t = lattice_axis(coords, count("steps", steps), (0.0, 1.0))
+    obj.check_inputs()  # clear errors for inputs the model cannot take, before BatchNorm repair runs it
     ta, tb = obj.theta0, space_b.theta0
     diff = tb - ta
-    repair = None
-    if bn_repair is not False and bn_repair is not None and batchnorms(model_a):
-        repair = obj.data if bn_repair is True else as_data(bn_repair, obj.device, obj.dtype)
+    repair = given = None
+    if not (bn_repair is None or isinstance(bn_repair, (bool, np.bool_))):
+        try:
+            given = as_data(bn_repair, obj.device, obj.dtype)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"bn_repair: expected True, False or data for the BatchNorm statistics; {e}") from None
+    if (given is not None or bool(bn_repair)) and batchnorms(model_a):
+        repair = obj.data if given is None else given
     buf_a = dict(model_a.named_buffers())
     buf_b = dict(model_b.named_buffers())
     loss = np.full(len(t), np.nan)
@@ -156,7 +163,7 @@ def interpolate(
                 )
                 for k, v in buf_a.items()
             }
-        l, a = obj.evaluate(theta, with_accuracy=True, buffers=bufs)
+        l, a = obj.evaluate(theta, with_accuracy=True, buffers=bufs, finite=False)
         loss[i], acc[i] = l, (np.nan if a is None else a)
     mark_nonfinite(loss, "interpolate")
     ds = xr.Dataset(
@@ -173,7 +180,7 @@ def interpolate(
     barrier = float(np.nanmax((loss - lin)[inside])) if inside.any() and np.isfinite(loss[inside]).any() else math.nan
     simple = float(np.nanmax(loss[inside]) - max(la, lb)) if inside.any() else math.nan
     ctx.record(bn_repair=repair is not None)
-    if repair is not None and bn_repair is not True:
+    if repair is not None and given is not None:
         ctx.record(bn_repair_data_fingerprint=repair.fingerprint())
     ds.attrs.update(barrier=barrier, barrier_simple=simple, loss_a=float(la), loss_b=float(lb))
     return ds
@@ -184,4 +191,4 @@ def _endpoint(obj, t, loss, where, theta, repair, bufs):
     if hit.size:
         return float(loss[hit[0]])
     b = repaired_buffers(obj, theta, repair) if repair is not None else bufs
-    return float(obj.evaluate(theta, buffers=b)[0])
+    return float(obj.evaluate(theta, buffers=b, finite=False)[0])

@@ -34,6 +34,7 @@ from torch import nn
 from ..params import ParamSpace
 from ..registry import Tags, probe
 from ..testing import hostile_model
+from ..validate import integer
 
 __all__ = [
     "NORMALIZATIONS",
@@ -168,8 +169,8 @@ def check_same_space(a: ParamSpace, b: ParamSpace, what: tuple[str, str] = ("mod
             (n1, s1, n2, s2) for n1, s1, n2, s2 in zip(a.names, a.shapes, b.names, b.shapes) if (n1, s1) != (n2, s2)
         ]
         raise ValueError(
-            f"{what[0]} and {what[1]} have different parameters ({len(a.names)} vs {len(b.names)} tensors; first "
-            f"mismatch {diff[:1]}); they must share one architecture"
+            f"{what[1]}: {what[0]} and {what[1]} have different parameters ({len(a.names)} vs {len(b.names)} "
+            f"tensors; first mismatch {diff[:1]}); they must share one architecture"
         )
 
 
@@ -254,17 +255,22 @@ def pca_directions(models: list[nn.Module] | dict[str, nn.Module], *, n_componen
     >>> ds.direction.shape, ds["coords"].shape, float(abs(ds["coords"][-1]).max())
     ((2, 8), (4, 2), 0.0)
     """
+    if not isinstance(models, (list, tuple, dict)):
+        raise TypeError(
+            f"models: expected a list (or dict label -> model) of the checkpoints of a run, got {type(models).__name__}"
+        )
     labels = list(models) if isinstance(models, dict) else list(range(len(models)))
     ms = list(models.values()) if isinstance(models, dict) else list(models)
-    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)) or n_components < 1:
-        raise ValueError(f"n_components: expected an int >= 1, got {n_components!r}")
+    n_components = integer("n_components", n_components, lo=1)
+    if len(ms) < 3:
+        raise ValueError(f"models: PCA of a trajectory needs at least 3 checkpoints, got {len(ms)}")
     if len(ms) < n_components + 2:
         raise ValueError(
-            f"models: PCA of a trajectory needs at least n_components + 2 = {n_components + 2} "
-            f"checkpoints (the centred differences to the last one span at most n - 2 directions), "
-            f"got {len(ms)}; pass more checkpoints or a smaller n_components"
+            f"n_components: PCA of a trajectory needs at least n_components + 2 = {n_components + 2} checkpoints "
+            f"(the centred differences to the last one span at most n - 2 directions), got {len(ms)}; pass more "
+            "checkpoints or a smaller n_components"
         )
-    spaces = [_space(m, ctx.params) for m in ms]
+    spaces = [ParamSpace(m, ctx.params, arg=f"models[{label!r}]") for label, m in zip(labels, ms)]
     for s in spaces[1:]:
         check_same_space(spaces[0], s, ("models[0]", "a later checkpoint"))
     final = spaces[-1].theta0.double()

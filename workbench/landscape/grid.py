@@ -21,6 +21,7 @@ from numpy.typing import ArrayLike
 from torch.func import vmap
 
 from ..objective import Objective, accuracy_count
+from ..validate import choice, count, finite_array, real
 
 __all__ = ["ENGINES", "lattice_axis", "mark_nonfinite", "Grid"]
 
@@ -40,21 +41,30 @@ def lattice_axis(
     >>> lattice_axis(steps=5, span=0.5).tolist()
     [-0.5, -0.25, 0.0, 0.25, 0.5]
     """
+    n = count("steps", default_steps if steps is None else steps)
+    lo, hi = check_span(span)
     if coords is None:
-        n = default_steps if steps is None else int(steps)
-        if n < 1:
-            raise ValueError(f"steps: need at least 1 grid point, got {steps}")
-        lo, hi = (-span, span) if np.isscalar(span) else span
         c = np.linspace(lo, hi, n)
         if n % 2 == 1 and lo == -hi:
             c[n // 2] = 0.0  # exactly zero at the centre, not 1e-17
         return c
-    c = np.asarray(coords, dtype=np.float64).ravel()
-    if c.size == 0:
-        raise ValueError("coords: empty; pass at least one coefficient, e.g. np.linspace(-1, 1, 21)")
-    if not np.all(np.isfinite(c)):
-        raise ValueError("coords: contains NaN or inf; pass finite coefficients")
-    return c
+    return finite_array("coords", coords, ndim=None).ravel()
+
+
+def check_span(span: Any) -> tuple[float, float]:
+    """``(lo, hi)`` of a ``span``: a number s > 0 (``[-s, s]``) or a finite pair ``lo < hi``.
+
+    >>> from workbench.landscape.grid import check_span
+    >>> check_span(0.5), check_span((0, 1))
+    ((-0.5, 0.5), (0.0, 1.0))
+    """
+    if isinstance(span, (tuple, list)) and len(span) == 2:
+        lo, hi = real("span", span[0]), real("span", span[1])
+        if not lo < hi:
+            raise ValueError(f"span: a (lo, hi) pair needs lo < hi, got {tuple(span)}")
+        return lo, hi
+    s = real("span", span, lo=0.0, lo_open=True)
+    return -s, s
 
 
 def mark_nonfinite(values: np.ndarray, what: str) -> np.ndarray:
@@ -100,16 +110,16 @@ class Grid:
     def __init__(
         self, obj: Objective, dirs: list[torch.Tensor], engine: str = "auto", chunk: int = 32, accuracy: bool = False
     ):
-        if engine not in ENGINES:
-            raise ValueError(f"engine: expected 'auto', 'loop' or 'vmap', got {engine!r}")
-        if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
-            raise ValueError(f"chunk: expected an int >= 1 (grid points per vmap call), got {chunk!r}")
+        choice("engine", engine, ENGINES)
+        chunk = count("chunk", chunk, hi=None)
         if engine == "auto":
             engine = "vmap" if obj.device.type == "cuda" else "loop"
         if engine == "vmap" and obj.mode == "train":
             engine = "loop"  # train-mode BatchNorm/dropout are not batched over grid points
         self.obj, self.dirs, self.accuracy = obj, dirs, accuracy
         self.engine, self.chunk = engine, int(chunk)
+        if engine == "vmap":
+            obj.check_inputs()  # torch's errors on bad inputs are clear ones before vmap hides them
 
     def theta(self, c: ArrayLike) -> torch.Tensor:
         """``theta0 + sum_k c_k d_k``; zero coefficients are skipped, so ``c = 0`` is theta0 itself."""
@@ -127,7 +137,7 @@ class Grid:
         acc = np.full(n, np.nan)
         if self.engine == "loop":
             for i, c in enumerate(coeffs):
-                l, a = self.obj.evaluate(self.theta(c), with_accuracy=self.accuracy)
+                l, a = self.obj.evaluate(self.theta(c), with_accuracy=self.accuracy, finite=False)
                 loss[i] = l
                 acc[i] = np.nan if a is None else a
                 if bar is not None:

@@ -23,7 +23,8 @@ from torch import nn
 
 from ..registry import Tags, probe
 from ..testing import hostile_case
-from .directions import as_direction, random_direction, random_directions
+from ..validate import boolean, choice, finite_array, int_list
+from .directions import NORMALIZATIONS, ONE_D, as_direction, random_direction, random_directions
 from .grid import Grid, lattice_axis, mark_nonfinite
 
 __all__ = ["slice_1d", "slice_2d"]
@@ -32,23 +33,28 @@ _LOSS = {"long_name": "mean loss", "units": "nats"}
 _ACC = {"long_name": "top-1 accuracy", "units": "1"}
 
 
-def _resolve(space, given, n, seed, normalization, one_d):
+def _resolve(space, given, n, seed, normalization, one_d, arg="directions"):
     """(flat directions, recorded seeds or None, kind, trajectory or None) for n directions."""
     if given is None or (isinstance(given, str) and given == "random"):
         dirs, seeds = random_directions(space, n, seed, normalization, one_d)
         return [as_direction(space, d) for d in dirs], seeds, "random", None
     if isinstance(given, str):
-        raise ValueError(f"directions: expected None, 'random', or explicit directions, got {given!r}")
+        raise ValueError(f"{arg}: expected None, 'random', or explicit directions, got {given!r}")
+    if not isinstance(given, (xr.Dataset, xr.DataArray, np.ndarray, torch.Tensor, dict, list, tuple)):
+        raise TypeError(
+            f"{arg}: expected None, 'random', a dict by parameter name, a list of tensors, a flat vector or "
+            f"pca_directions(...)'s Dataset; got {type(given).__name__}"
+        )
     traj, kind, split = None, "explicit", True
     if isinstance(given, xr.Dataset):
         if "direction" not in given or given["direction"].ndim != 2:
             raise ValueError(
-                "directions: a Dataset must be pca_directions(...)'s, with a 'direction' variable "
+                f"{arg}: a Dataset must be pca_directions(...)'s, with a 'direction' variable "
                 f"(component, param); got variables {sorted(given.data_vars)}"
             )
         if given["direction"].shape[0] < n:
             raise ValueError(
-                f"directions: the Dataset has {given['direction'].shape[0]} component(s), {n} needed; "
+                f"{arg}: the Dataset has {given['direction'].shape[0]} component(s), {n} needed; "
                 f"call pca_directions(..., n_components={n})"
             )
         if "coords" in given.data_vars:
@@ -66,8 +72,21 @@ def _resolve(space, given, n, seed, normalization, one_d):
         given = [given]  # one direction given as a dict, a list of tensors or a flat vector
     given = list(given)
     if len(given) != n:
-        raise ValueError(f"directions: expected {n} directions, got {len(given)}")
+        raise ValueError(f"{arg}: expected {n} directions, got {len(given)}")
     return [as_direction(space, d, f"direction {i}") for i, d in enumerate(given)], None, kind, traj
+
+
+def _check(normalization, one_d, accuracy):
+    choice("normalization", normalization, NORMALIZATIONS)
+    choice("one_d", one_d, ONE_D)
+    boolean("accuracy", accuracy)
+
+
+def _loss_at_theta0(obj, coords, loss):
+    """The loss at the model's own parameters: the lattice cell at 0 when there is one (steps odd), else
+    one more evaluation (so that an even number of steps loses nothing)."""
+    hit = np.nonzero(np.all(coords == 0.0, axis=1))[0]
+    return float(loss.reshape(-1)[hit[0]]) if hit.size else obj.evaluate(finite=False)[0]
 
 
 def _case_1d():
@@ -108,7 +127,9 @@ def slice_1d(
     accuracy : also compute top-1 accuracy along the slice.
 
     Returns an ``xr.Dataset`` with ``loss`` over ``alpha`` (``(seed, alpha)`` with ``seeds``) and
-    ``accuracy`` when asked. The per-direction seeds are recorded as ``direction_seeds``.
+    ``accuracy`` when asked. The per-direction seeds are recorded as ``direction_seeds``; attr
+    ``loss_theta0`` is the loss at the model itself (read it rather than ``sel(alpha=0)``: an even
+    number of ``steps`` has no 0 on the lattice).
 
     >>> import torch, workbench as wb
     >>> m = torch.nn.Linear(3, 2)
@@ -117,15 +138,15 @@ def slice_1d(
     >>> s.loss.dims, float(s.loss.sel(alpha=0.0)) == float(wb.evaluate(m, torch.nn.CrossEntropyLoss(), data).loss)
     (('alpha',), True)
     """
-    obj = ctx.objective()
+    _check(normalization, one_d, accuracy)
     c = lattice_axis(coords, steps, span)
-    grid = c[:, None]
     if seeds is not None:
         if direction is not None:
             raise ValueError("seeds: give either seeds (random directions) or an explicit direction, not both")
-        used = [int(s) for s in seeds]
-        if not used:
-            raise ValueError("seeds: empty; pass at least one seed, e.g. seeds=range(3)")
+        used = int_list("seeds", seeds, lo=0)
+    obj = ctx.objective()
+    grid = c[:, None]
+    if seeds is not None:
         rows, accs = [], []
         with ctx.bar(len(used) * len(c), "slice_1d") as bar:
             for s in used:
@@ -135,7 +156,7 @@ def slice_1d(
                 accs.append(a)
         loss, acc, dims, kind = np.stack(rows), np.stack(accs), ("seed", "alpha"), "random"
     else:
-        dirs, used, kind, _ = _resolve(obj.space, direction, 1, ctx.seed, normalization, one_d)
+        dirs, used, kind, _ = _resolve(obj.space, direction, 1, ctx.seed, normalization, one_d, "direction")
         with ctx.bar(len(c), "slice_1d") as bar:
             loss, acc = Grid(obj, dirs, engine, chunk, accuracy).run(grid, bar)
         dims = ("alpha",)
@@ -149,6 +170,7 @@ def slice_1d(
     ds = xr.Dataset({"loss": (dims, loss, _LOSS)}, coords=coords_)
     if accuracy:
         ds["accuracy"] = (dims, acc, _ACC)
+    ds.attrs["loss_theta0"] = _loss_at_theta0(obj, grid, loss[0] if seeds is not None else loss)
     return ds
 
 
@@ -190,7 +212,7 @@ def slice_2d(
         ``step`` for the plots to overlay (overrides a PCA Dataset's own).
 
     Returns an ``xr.Dataset`` with ``loss`` over (alpha, beta), ``accuracy`` when asked, and the
-    trajectory variables when there is one.
+    trajectory variables when there is one; attr ``loss_theta0`` as in :func:`slice_1d`.
 
     >>> import torch, workbench as wb
     >>> m = torch.nn.Linear(3, 2)
@@ -199,24 +221,28 @@ def slice_2d(
     >>> s.loss.dims, s.loss.shape
     (('alpha', 'beta'), (3, 3))
     """
-    obj = ctx.objective()
+    _check(normalization, one_d, accuracy)
     if isinstance(coords, (tuple, list)) and len(coords) == 2 and np.ndim(coords[0]) == 1:
-        ca, cb = lattice_axis(coords[0], None, span), lattice_axis(coords[1], None, span)
+        ca, cb = lattice_axis(coords[0], steps, span), lattice_axis(coords[1], steps, span)
     else:
         ca = cb = lattice_axis(coords, steps, span)
+    if trajectory is not None:
+        trajectory = finite_array("trajectory", trajectory, ndim=2)
+        if trajectory.shape[1] != 2:
+            raise ValueError(f"trajectory: expected an (n, 2) array of coordinates, got shape {trajectory.shape}")
+    obj = ctx.objective()
     dirs, used, kind, traj = _resolve(obj.space, directions, 2, ctx.seed, normalization, one_d)
     if trajectory is not None:
         traj = trajectory
     if traj is not None:
         traj = np.asarray(traj, dtype=np.float64)
-        if traj.ndim != 2 or traj.shape[1] != 2:
-            raise ValueError(f"trajectory: expected an (n, 2) array of coordinates, got shape {traj.shape}")
     grid = np.array([(a, b) for a in ca for b in cb])
     with ctx.bar(len(grid), "slice_2d") as bar:
         loss, acc = Grid(obj, dirs, engine, chunk, accuracy).run(grid, bar)
     loss = mark_nonfinite(loss.reshape(len(ca), len(cb)), "slice_2d")
     ctx.record(directions=kind, direction_seeds=used)
     ds = xr.Dataset({"loss": (("alpha", "beta"), loss, _LOSS)}, coords={"alpha": ca, "beta": cb})
+    ds.attrs["loss_theta0"] = _loss_at_theta0(obj, grid, loss)
     if accuracy:
         ds["accuracy"] = (("alpha", "beta"), acc.reshape(len(ca), len(cb)), _ACC)
     if traj is not None:

@@ -10,6 +10,7 @@ per-batch loss increases, :func:`batch_rises`).
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -18,6 +19,22 @@ from numpy.typing import ArrayLike
 
 from ..data import Data, as_data
 from ..objective import Objective
+from ..validate import boolean, finite_array, finite_nonneg, integer, real
+
+
+def check_ball(norm, adaptive: bool, eta: float) -> None:
+    """Clear errors for a bad ``norm`` (2 or ``"inf"``), ``adaptive`` (a bool) or ``eta`` (finite, >= 0).
+
+    >>> check_ball("inf", True, 0.0)
+    """
+    if isinstance(norm, str):
+        ok = norm in ("2", "inf")
+    else:
+        ok = isinstance(norm, numbers.Real) and not isinstance(norm, (bool, np.bool_)) and norm in (2, math.inf)
+    if not ok:
+        raise ValueError(f"norm: expected 2 or 'inf', got {norm!r}")
+    boolean("adaptive", adaptive)
+    finite_nonneg("eta", eta)
 
 
 class Ball:
@@ -36,12 +53,9 @@ class Ball:
     def __init__(
         self, theta: torch.Tensor, rho: float, norm: int | float | str = 2, adaptive: bool = False, eta: float = 0.0
     ):
-        if norm not in (2, "2", math.inf, "inf"):
-            raise ValueError(f"norm: expected 2 or 'inf', got {norm!r}")
-        if not (isinstance(rho, (int, float, np.floating)) and rho >= 0 and math.isfinite(rho)):
-            raise ValueError(f"rho: expected a finite radius >= 0, got {rho!r}")
+        check_ball(norm, adaptive, eta)
+        self.rho = real("rho", rho, lo=0.0)
         self.p = 2 if norm in (2, "2") else math.inf
-        self.rho = float(rho)
         self.c = (theta.abs() + eta) if adaptive else torch.ones_like(theta)
 
     def first_order(self, g: torch.Tensor) -> torch.Tensor:
@@ -93,9 +107,11 @@ def weighted_mean_se(v: np.ndarray, w: np.ndarray) -> tuple[float, float]:
     return mean, math.sqrt(var * (w**2).sum())
 
 
-def batch_rises(obj: Objective, delta: torch.Tensor, data: Data | None = None) -> tuple[float, float]:
+def batch_rises(
+    obj: Objective, delta: torch.Tensor, data: Data | None = None, what: str = "rho"
+) -> tuple[float, float]:
     """(sample-weighted mean, standard error over batches) of ``L_b(theta + delta) - L_b(theta)`` over the
-    batches of ``data`` (default the objective's).
+    batches of ``data`` (default the objective's); a non-finite loss at ``theta + delta`` names ``what``.
 
     >>> import torch
     >>> from workbench.objective import Objective
@@ -109,7 +125,7 @@ def batch_rises(obj: Objective, delta: torch.Tensor, data: Data | None = None) -
     rises, ns = [], []
     for x, y, n in obj.batches(data):
         one = as_data([(x, y)], obj.device, obj.dtype, check_finite=False)
-        rises.append(obj.evaluate(th0 + delta, data=one)[0] - obj.evaluate(th0, data=one)[0])
+        rises.append(obj.evaluate(th0 + delta, data=one, what=what)[0] - obj.evaluate(th0, data=one)[0])
         ns.append(n)
     return weighted_mean_se(np.array(rises), np.array(ns, float))
 
@@ -121,11 +137,13 @@ def radii(rho: float | ArrayLike) -> tuple[np.ndarray, bool]:
     >>> radii(0.05), radii([0.0, 0.1])[0].tolist()
     ((array([0.05]), True), [0.0, 0.1])
     """
-    scalar = np.ndim(rho) == 0
-    rhos = np.atleast_1d(np.asarray(rho, dtype=float))
-    if rhos.size == 0 or not np.all(np.isfinite(rhos)) or np.any(rhos < 0):
+    scalar = np.ndim(rho) == 0 and not isinstance(rho, (str, bytes))
+    if scalar:
+        return np.array([real("rho", rho, lo=0.0)]), True
+    rhos = finite_array("rho", rho)
+    if np.any(rhos < 0):
         raise ValueError(f"rho: expected finite radii >= 0, got {rho!r}")
-    return rhos, scalar
+    return rhos, False
 
 
 def m_subsets(obj: Objective, m: int | None, seed: int) -> list[Data] | None:
@@ -138,9 +156,9 @@ def m_subsets(obj: Objective, m: int | None, seed: int) -> list[Data] | None:
     >>> [s.n for s in m_subsets(obj, 3, seed=0)]          # the 7th sample is left out
     [3, 3]
     """
+    m = integer("m", m, lo=1, none=True)
     if m is None:
         return None
-    m = int(m)
     if not 1 <= m <= obj.data.n:
         raise ValueError(f"m: the m-sharpness subset size must be in 1..{obj.data.n} (the number of samples), got {m}")
     return [as_data([(x, y)], obj.device, obj.dtype, check_finite=False) for x, y, _ in obj.data.subsets(m, seed)]

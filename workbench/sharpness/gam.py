@@ -12,8 +12,11 @@ from numpy.typing import ArrayLike
 from torch import nn
 
 from ..curvature import HessianOperator
+from ..curvature.operators import ENGINES
+from ..curvature.probing import finite_products
 from ..registry import Tags, probe
 from ..testing import hostile_case
+from ..validate import choice, count
 from .ball import radii, rho_result
 
 DETERMINISTIC = Tags(inputs="pair", uses=("mode", "params", "device"))
@@ -47,25 +50,26 @@ def gam_flatness(
     >>> round(float(r), 6), r.attrs["grad_norm"]          # 0.1 * 2 * 1.1
     (0.22, 2.0)
     """
-    obj = ctx.objective()
     rhos, scalar = radii(rho)
+    steps = n_steps = count("n_steps", n_steps)
+    choice("engine", engine, ENGINES)
+    obj = ctx.objective()
     l0, g0 = obj.loss_and_grad()
     g0n = float(g0.norm())
     vals, errs = [], []
     n_hvp = 0
-    steps = max(1, int(n_steps))
     with ctx.bar(len(rhos) * steps, "GAM flatness") as bar:
         for r in rhos:
             best = g0n
             delta = torch.zeros_like(g0)
             for i in range(steps):
                 bar.update()
-                _, g = obj.loss_and_grad(obj.theta0 + delta)
+                _, g = obj.loss_and_grad(obj.theta0 + delta, what="rho")
                 gn = g.norm()
                 if gn == 0:
                     break
                 op = HessianOperator(obj, obj.theta0 + delta, engine=engine)
-                u = op.matvec(g / gn)
+                u = finite_products(op.matvec, obj)(g / gn)
                 engine = op.engine  # after a fallback to double backward, stay there (one warning)
                 n_hvp += 1
                 if u.norm() == 0:
@@ -74,7 +78,7 @@ def gam_flatness(
                 delta = delta + step * u / u.norm()
                 if delta.norm() > r:
                     delta = delta * (r / delta.norm())
-                best = max(best, float(obj.loss_and_grad(obj.theta0 + delta)[1].norm()))
+                best = max(best, float(obj.loss_and_grad(obj.theta0 + delta, what="rho")[1].norm()))
             vals.append(r * best)
             errs.append(math.nan)
     return rho_result(

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..registry import Tags, probe
 from ..testing import hostile_case
+from ..validate import count, positive
 
 
 @probe(
@@ -38,15 +39,15 @@ def keskar_sharpness(
     >>> round(float(r), 4)                                # 100 * 0.02 / (1 + 1)
     1.0
     """
-    if not eps > 0:
-        raise ValueError(f"eps: expected a box size > 0, got {eps}")
+    eps = positive("eps", eps)
+    maxiter = count("maxiter", maxiter)
     obj = ctx.objective()
     th0 = obj.theta0
     l0 = obj.loss()
     bound = (eps * (th0.abs() + 1)).double().cpu().numpy()
 
     def f(y):
-        l, g = obj.loss_and_grad(th0 + torch.from_numpy(y).to(th0))
+        l, g = obj.loss_and_grad(th0 + torch.from_numpy(y).to(th0), what="eps")
         return -l, -g.double().cpu().numpy()
 
     with ctx.bar(int(maxiter), "Keskar sharpness") as bar:

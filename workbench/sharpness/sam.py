@@ -24,7 +24,8 @@ from torch import nn
 
 from ..registry import Tags, probe
 from ..testing import hostile_case
-from .ball import Ball, batch_rises, m_subsets, radii, rho_result, weighted_mean_se
+from ..validate import count
+from .ball import Ball, batch_rises, check_ball, m_subsets, radii, rho_result, weighted_mean_se
 
 STOCHASTIC = Tags(inputs="pair", stochastic=True, uses=("mode", "params", "seed", "device"))
 
@@ -59,8 +60,9 @@ def sam_sharpness(
     >>> round(float(r), 6)                                # (1 + 0.1)^2 - 1
     0.21
     """
-    obj = ctx.objective()
     rhos, scalar = radii(rho)
+    check_ball(norm, adaptive, eta)
+    obj = ctx.objective()
     ctx.record(norm=str(norm))
     subsets = m_subsets(obj, m, ctx.seed)
     vals, errs = [], []
@@ -74,7 +76,8 @@ def sam_sharpness(
                 rises = []
                 for s, g in zip(subsets, grads):
                     eps = Ball(obj.theta0, r, norm, adaptive, eta).first_order(g)
-                    rises.append(obj.evaluate(obj.theta0 + eps, data=s)[0] - obj.evaluate(obj.theta0, data=s)[0])
+                    lr = obj.evaluate(obj.theta0 + eps, data=s, what="rho")[0]
+                    rises.append(lr - obj.evaluate(obj.theta0, data=s)[0])
                     bar.update()
                 v, e = weighted_mean_se(np.array(rises), np.ones(len(rises)))
             else:
@@ -118,12 +121,14 @@ def worst_case_sharpness(
     >>> round(float(r), 6)
     0.01
     """
-    obj = ctx.objective()
     rhos, scalar = radii(rho)
+    check_ball(norm, adaptive, eta)
+    n_steps = count("n_steps", n_steps, lo=0)
+    obj = ctx.objective()
     ctx.record(norm=str(norm))
     subsets = m_subsets(obj, m, ctx.seed) or [obj.data]
     vals, errs, nfe = [], [], 0
-    with ctx.bar(len(rhos) * len(subsets) * int(n_steps), "worst-case sharpness") as bar:
+    with ctx.bar(len(rhos) * len(subsets) * n_steps, "worst-case sharpness") as bar:
         for r in rhos:
             rises = []
             for s in subsets:
@@ -135,16 +140,16 @@ def worst_case_sharpness(
                         u
                     )
                     u = ball.project_u(z * (r / z.norm() if ball.p == 2 else r))
-                best_u, best = u, obj.evaluate(obj.theta0 + ball.c * u, data=s)[0]
+                best_u, best = u, obj.evaluate(obj.theta0 + ball.c * u, data=s, what="rho")[0]
                 step, mom = 2 * r, torch.zeros_like(u)
-                for _ in range(int(n_steps)):
-                    l, g = obj.loss_and_grad(obj.theta0 + ball.c * u, data=s)
+                for _ in range(n_steps):
+                    l, g = obj.loss_and_grad(obj.theta0 + ball.c * u, data=s, what="rho")
                     nfe += 1
                     if l > best:
                         best, best_u = l, u
                     mom = 0.75 * mom + ball.ascent_dir_u(ball.c * g)
                     cand = ball.project_u(u + step * ball.ascent_dir_u(mom))
-                    lc = obj.evaluate(obj.theta0 + ball.c * cand, data=s)[0]
+                    lc = obj.evaluate(obj.theta0 + ball.c * cand, data=s, what="rho")[0]
                     if lc > best:
                         best, best_u, u = lc, cand, cand
                     else:
@@ -192,20 +197,20 @@ def average_sharpness(
     >>> abs(float(r) - 0.01) < 3 * float(r.stderr)
     True
     """
-    obj = ctx.objective()
     rhos, scalar = radii(rho)
-    if n_draws < 2:
-        raise ValueError(f"n_draws: need at least 2 draws for a standard error, got {n_draws}")
+    check_ball(norm, adaptive, eta)
+    n_draws = count("n_draws", n_draws, lo=2)
+    obj = ctx.objective()
     ctx.record(norm=str(norm))
     l0 = obj.loss()
     vals, errs = [], []
-    with ctx.bar(len(rhos) * int(n_draws), "average sharpness") as bar:
+    with ctx.bar(len(rhos) * n_draws, "average sharpness") as bar:
         for r in rhos:
             gen = torch.Generator().manual_seed(ctx.seed)
             ball = Ball(obj.theta0, r, norm, adaptive, eta)
             draws = []
-            for _ in range(int(n_draws)):
-                draws.append(obj.loss(obj.theta0 + ball.sample(gen)) - l0)
+            for _ in range(n_draws):
+                draws.append(obj.loss(obj.theta0 + ball.sample(gen), what="rho") - l0)
                 bar.update()
             draws = np.array(draws)
             vals.append(float(draws.mean()))

@@ -13,6 +13,7 @@ from ..data import as_data
 from ..evaluate import evaluate
 from ..registry import Tags, probe
 from ..testing import hostile_data, hostile_model
+from ..validate import count, integer, real
 from .gam import gam_flatness
 from .sam import average_sharpness, sam_sharpness
 
@@ -128,6 +129,8 @@ def summary(
     (2, True, False)
     """
     items, single = _items(models)
+    k, n_hvp, n_draws = integer("k", k, lo=1), count("n_hvp", n_hvp, lo=4), count("n_draws", n_draws, lo=2)
+    rho, adaptive_rho = real("rho", rho, lo=0.0), real("adaptive_rho", adaptive_rho, lo=0.0)
     ctx.data = as_data(data)
     tail = dict(mode=ctx.mode, params=ctx.params, device=ctx.device, cancel=ctx.cancel, progress=False)
     rows = []
@@ -142,7 +145,12 @@ def summary(
             eig = done(hessian_eigenvalues(m, loss_fn, data, k=k, seed=ctx.seed, **tail))
             tr = done(hessian_trace(m, loss_fn, data, n_hvp=n_hvp, seed=ctx.seed, **tail))
             sam = done(sam_sharpness(m, loss_fn, data, rho=rho, seed=ctx.seed, **tail))
-            asam = done(sam_sharpness(m, loss_fn, data, rho=adaptive_rho, adaptive=True, seed=ctx.seed, **tail))
+            try:
+                asam = done(sam_sharpness(m, loss_fn, data, rho=adaptive_rho, adaptive=True, seed=ctx.seed, **tail))
+            except ValueError as e:  # its radius is this call's adaptive_rho
+                if not str(e).startswith("rho:"):
+                    raise
+                raise ValueError("adaptive_rho:" + str(e)[4:]) from e
             avg = done(average_sharpness(m, loss_fn, data, rho=rho / 10, n_draws=n_draws, seed=ctx.seed, **tail))
             gam = done(gam_flatness(m, loss_fn, data, rho=rho, **tail))
             rows.append(_row(ev, eig, tr, sam, asam, avg, gam, rho, adaptive_rho))

@@ -191,8 +191,10 @@ def _pair_variants(name, x, y):
         ("list labels", "equal", (x, y.tolist()), None, False),
         ("numpy pair", "equal", (x.numpy(), y.numpy()), None, False),
         ("2-D labels (N, 1)", "equal", (x, y[:, None]), None, False),
-        ("two batches", "equal", [(x[:h], y[:h]), (x[h:], y[h:])], None, False),
-        ("DataLoader", "equal", DataLoader(TensorDataset(x, y), batch_size=16), None, False),
+        # batches: the same value up to rounding, except what is per batch by design (standard errors over
+        # batches, BatchNorm statistics repaired batch by batch): valid, not equal
+        ("two batches", "valid", [(x[:h], y[:h]), (x[h:], y[h:])], None, False),
+        ("DataLoader", "valid", DataLoader(TensorDataset(x, y), batch_size=16), None, False),
         ("loader of a re-iterable IterableDataset", "equal", DataLoader(Batches([(x, y)]), batch_size=None), None, 0),
         ("a Dataset, not a loader", "equal", TensorDataset(x, y), None, False),
         ("NaN inputs", "error", (_with(x, (0, 0), NAN), y), None, False),
