@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -255,19 +256,23 @@ _TORCH = os.path.dirname(torch.__file__) + os.sep
 EXPLAINED = (RuntimeError, TypeError, ValueError, IndexError, AssertionError)
 
 
-def _raised_in_torch(e: BaseException) -> bool:
+def _raised_in_torch(e: BaseException, also: tuple[str, ...] = ()) -> bool:
     tb, last = e.__traceback__, None
     while tb is not None:
         last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
-    return last is not None and last.startswith(_TORCH)
+    return last is not None and (last.startswith(_TORCH) or last in also)
 
 
-def call_error(e: BaseException, arg: str, what: str, hint: str) -> ValueError | None:
+def call_error(e: BaseException, arg: str, what: str, hint: str, also: tuple[str, ...] = ()) -> ValueError | None:
     """A ValueError naming ``arg`` for an exception a torch operation raised on arguments it cannot take
     (a shape, dtype or type mismatch: ``what`` says what was passed), or None for anything else (an error
-    of the user's own code, a planted failure, an interrupt surfaced by torch), which must pass unchanged.
+    of the user's own code, a planted failure, an interrupt surfaced by torch, an error that already names
+    its argument), which must pass unchanged. ``also``: files whose frames call torch for the model (a
+    ``TorchFunctionMode``), counted as torch's.
     """
-    if not isinstance(e, EXPLAINED) or "KeyboardInterrupt" in str(e) or not _raised_in_torch(e):
+    if not isinstance(e, EXPLAINED) or "KeyboardInterrupt" in str(e) or not _raised_in_torch(e, also):
         return None
+    if isinstance(e, (ValueError, TypeError)) and re.match(r"[A-Za-z_][\w\[\]'. ]{0,40}: ", str(e)):
+        return None  # already a clear error of workbench's
     first = (str(e).strip().splitlines() or [""])[0][:300]
     return ValueError(f"{arg}: {what}: {type(e).__name__}: {first}. {hint}")

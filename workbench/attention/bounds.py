@@ -71,6 +71,8 @@ def qk_spectral_norms(model: nn.Module, *, ctx: Context) -> xr.DataArray:
     >>> s.dims, s.shape, s.module.values.tolist()
     (('layer', 'head'), (2, 4), ['encoder.layers.0.self_attn', 'encoder.layers.1.self_attn'])
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     with torch.no_grad():
         ws = qk_weights(model)
         if not ws:
@@ -80,7 +82,9 @@ def qk_spectral_norms(model: nn.Module, *, ctx: Context) -> xr.DataArray:
             )
         H = max(w[1].shape[0] for w in ws)
         arr = np.full((len(ws), H), np.nan)
-        for i, (_, wq, wk) in enumerate(ctx.iterate(ws, desc="spectral norms")):
+        for i, (name, wq, wk) in enumerate(ctx.iterate(ws, desc="spectral norms")):
+            if not (bool(torch.isfinite(wq).all()) and bool(torch.isfinite(wk).all())):
+                raise ValueError(f"model: the query / key weights of {name or '<model>'!r} contain NaN or inf values")
             d_h = wq.shape[1]
             for h in range(wq.shape[0]):
                 arr[i, h] = float(torch.linalg.matrix_norm(wq[h].double().T @ wk[h].double(), ord=2)) / math.sqrt(d_h)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .reduction import BlockLayout, Call, probabilities, reduce_rows, row_stats
+from .reduction import BlockLayout, Call, nonfinite_rows, probabilities, reduce_rows, row_stats
 
 _MHA_ARGS = (
     "query",
@@ -229,6 +229,12 @@ class Capture(TorchFunctionMode):
         valid = self._valid_queries(call.allowed, B, T, S)
         layout = BlockLayout.of(B, H, T, S, self.chunk, call.device)
         sums = reduce_rows(call, layout)
+        bad = nonfinite_rows(sums.rows, call.n_allowed(), valid)
+        if bad:
+            raise ValueError(
+                f"model: the attention logits of {layer!r} are NaN or inf in {bad} valid query rows; the model's "
+                "weights or activations are not finite there (or overflow), so no statistic would be meaningful"
+            )
         stats = row_stats(sums.rows, call.n_allowed(), valid, sums.raw_max)
         if no_logit:
             stats["max_logit"].fill_(math.nan)

@@ -5,15 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import xarray as xr
 from torch import nn
 
 from ..data import input_batches
 from ..registry import Context, Tags, probe
 from ..testing import hostile_transformer
+from ..validate import finite_array
 from .collect import capture_batches, check_arguments
-from .statistics import to_dataset
+from .statistics import explained, prepare, to_dataset
+
+#: the dims of the statistics themselves, which ``dim`` must not take
+_OWN_DIMS = ("layer", "head", "example", "query", "module")
 
 
 def _case():
@@ -49,26 +52,38 @@ def over_checkpoints(
     >>> ds.entropy.dims, ds.step.values.tolist(), ds.loss.values.tolist()
     (('step', 'layer', 'head'), [0, 100], [1.2, 0.7])
     """
+    if not isinstance(models, (Sequence, Mapping)) or isinstance(models, str):
+        raise TypeError(
+            f"models: expected a list or dict of models (the checkpoints of a run), got {type(models).__name__}"
+        )
     items = list(models.items()) if isinstance(models, Mapping) else list(enumerate(models))
     if not items:
         raise ValueError("models: empty; pass a list or dict of models (the checkpoints of a run)")
-    for _, m in items:
-        check_arguments(m, resolution, query_chunk)
-    loss = None if losses is None else np.asarray(list(losses), float)
+    for k, m in items:
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"models: entry {k!r} is a {type(m).__name__}, not an nn.Module")
+        check_arguments(m, resolution, 1)
+    if not isinstance(dim, str) or not dim.isidentifier() or dim in _OWN_DIMS:
+        raise ValueError(f"dim: expected a name for the new dimension (e.g. 'checkpoint' or 'step'), got {dim!r}")
+    loss = None if losses is None else finite_array("losses", list(losses) if isinstance(losses, Iterable) else losses)
     if loss is not None and loss.shape != (len(items),):
         raise ValueError(f"losses: expected one value per model ({len(items)}), got shape {loss.shape}")
-    batches = input_batches(inputs)
+    raw = input_batches(inputs)  # read once (a loader may be one-shot); cast to each model's dtype below
     parts = []
     for _, m in ctx.iterate(items, desc="attention over checkpoints"):
-        captured = capture_batches(
-            m,
+        batches, modules, chunk = prepare(m, raw, attention_modules, query_chunk, exact_outputs, resolution)
+        captured = explained(
+            lambda m=m, batches=batches, modules=modules, chunk=chunk: capture_batches(
+                m,
+                batches,
+                forward_kwargs,
+                query_chunk=chunk,
+                attention_modules=modules,
+                mode=ctx.mode,
+                exact_outputs=exact_outputs,
+                check=ctx.check_cancel,
+            ),
             batches,
-            forward_kwargs,
-            query_chunk=query_chunk,
-            attention_modules=attention_modules,
-            mode=ctx.mode,
-            exact_outputs=exact_outputs,
-            check=ctx.check_cancel,
         )
         parts.append(to_dataset(captured, resolution))
     ds = xr.concat(parts, dim=dim, combine_attrs="drop_conflicts").assign_coords({dim: [k for k, _ in items]})

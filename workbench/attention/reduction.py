@@ -298,3 +298,16 @@ def probabilities(call: Call, b: int, s: int, e: int) -> torch.Tensor:
         z = call.logits[b, :, s:e]
     z = z.masked_fill(~block_of(call.allowed, b, s, e, B, T), NEG)
     return torch.softmax(z, -1).cpu()
+
+
+def nonfinite_rows(rows: torch.Tensor, n_allowed: torch.Tensor, valid_q: torch.Tensor) -> int:
+    """The number of valid rows (a valid query with at least one allowed key) whose row sums are NaN or inf:
+    non-finite attention logits, which the statistics must not silently drop.
+
+    >>> rows = torch.full((4, 1, 1, 2), float("nan"))
+    >>> nonfinite_rows(rows, torch.full((1, 1, 1), 3), torch.ones(1, 2, dtype=torch.bool))
+    2
+    """
+    ok = (n_allowed > 0) & valid_q[:, None, :]
+    bad = ~torch.isfinite(rows[:3]).all(0)  # m, s, ez
+    return int((bad & ok).sum())

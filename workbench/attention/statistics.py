@@ -27,10 +27,16 @@ import torch
 import xarray as xr
 from torch import nn
 
-from ..data import input_batches
+from ..data import batch_len, input_batches
+from ..params import model_device_dtype
 from ..registry import Context, Tags, probe
 from ..testing import hostile_transformer
+from ..validate import EXPLAINED, boolean, call_error, describe, integer, name_list
+from . import capture as _capture_module
 from .collect import Captured, capture_batches, check_arguments
+
+#: frames of the capture mode, which call torch for the model: their errors are torch's
+_CAPTURE_FILE = (_capture_module.__file__,)
 
 KEYS = ("entropy", "normalized_entropy", "max_logit", "sink_mass")
 _HOW = {"entropy": "mean", "normalized_entropy": "mean", "max_logit": "max", "sink_mass": "mean"}
@@ -135,20 +141,60 @@ def to_dataset(captured: Captured, resolution: str = "head") -> xr.Dataset:
 TAGS = Tags(inputs="inputs", attention=True, uses=("mode",))
 
 
-def _stats(model, inputs, forward_kwargs, resolution, query_chunk, attention_modules, exact_outputs, ctx):
+def prepare(model, inputs, attention_modules, query_chunk=128, exact_outputs=False, resolution="head"):
+    """Validated arguments of an attention probe: ``(input batches cast to the model's dtype, attention
+    module names or None, query_chunk)``; clear errors name the argument.
+
+    >>> from workbench.testing import hostile_transformer
+    >>> m, x, _ = hostile_transformer()
+    >>> batches, names, chunk = prepare(m, x.double(), ["encoder.layers.0.self_attn"])
+    >>> batches[0].dtype, names, chunk
+    (torch.float32, ['encoder.layers.0.self_attn'], 128)
+    """
+    query_chunk = integer("query_chunk", query_chunk)  # an int; check_arguments says why >= 1
+    boolean("exact_outputs", exact_outputs)
     check_arguments(model, resolution, query_chunk)
-    batches = input_batches(inputs)
+    if attention_modules is not None:
+        attention_modules = name_list("attention_modules", attention_modules, [n for n, _ in model.named_modules()])
+    return input_batches(inputs, dtype=model_device_dtype(model)[1]), attention_modules, query_chunk
+
+
+def explained(run, batches):
+    """``run()`` (the forward passes); torch's errors on inputs the model cannot take become a clear error
+    naming ``inputs``."""
+    try:
+        return run()
+    except EXPLAINED as e:
+        err = call_error(
+            e,
+            "inputs",
+            f"the model's forward failed on inputs {describe(batches[0])}",
+            "Pass inputs (and keyword arguments) the model takes.",
+            also=_CAPTURE_FILE,
+        )
+        if err is None:
+            raise
+        raise err from e
+
+
+def _stats(model, inputs, forward_kwargs, resolution, query_chunk, attention_modules, exact_outputs, ctx):
+    batches, attention_modules, query_chunk = prepare(
+        model, inputs, attention_modules, query_chunk, exact_outputs, resolution
+    )
     with ctx.bar(len(batches), "attention") as bar:
-        captured = capture_batches(
-            model,
+        captured = explained(
+            lambda: capture_batches(
+                model,
+                batches,
+                forward_kwargs,
+                query_chunk=query_chunk,
+                attention_modules=attention_modules,
+                mode=ctx.mode,
+                exact_outputs=exact_outputs,
+                check=ctx.check_cancel,
+                on_batch=bar.update,
+            ),
             batches,
-            forward_kwargs,
-            query_chunk=query_chunk,
-            attention_modules=attention_modules,
-            mode=ctx.mode,
-            exact_outputs=exact_outputs,
-            check=ctx.check_cancel,
-            on_batch=bar.update,
         )
     return to_dataset(captured, resolution)
 
@@ -217,6 +263,7 @@ def entropy(
     >>> ne.dims, bool(((ne > 0) & (ne <= 1)).all())
     (('layer', 'head'), True)
     """
+    boolean("normalized", normalized)
     ds = _stats(model, inputs, forward_kwargs, resolution, query_chunk, attention_modules, exact_outputs, ctx)
     da = ds["normalized_entropy" if normalized else "entropy"].copy()
     da.attrs["capture"] = ds.attrs["capture"]
@@ -250,18 +297,23 @@ def attention_map(
     >>> p.dims, p.shape, float(p.isel(key=slice(3, None)).max()), p.attrs["module"]
     (('head', 'query', 'key'), (4, 7, 7), 0.0, 'encoder.layers.1.self_attn')
     """
-    check_arguments(model)
-    batches = input_batches(inputs)
+    layer, example = integer("layer", layer, lo=0), integer("example", example, lo=0)
+    batches, attention_modules, _ = prepare(model, inputs, attention_modules)
+    if example >= batch_len(batches[0]):
+        raise ValueError(f"example: the first batch of inputs has {batch_len(batches[0])} examples, got {example}")
     with ctx.bar(len(batches), "attention map") as bar:
-        cap = capture_batches(
-            model,
+        cap = explained(
+            lambda: capture_batches(
+                model,
+                batches,
+                forward_kwargs,
+                attention_modules=attention_modules,
+                mode=ctx.mode,
+                keep=(layer, example),
+                check=ctx.check_cancel,
+                on_batch=bar.update,
+            ),
             batches,
-            forward_kwargs,
-            attention_modules=attention_modules,
-            mode=ctx.mode,
-            keep=(layer, example),
-            check=ctx.check_cancel,
-            on_batch=bar.update,
         )
     if not 0 <= layer < len(cap.order):
         raise ValueError(
