@@ -15,6 +15,7 @@ from ..params import model_device_dtype
 from ..registry import Tags, probe
 from ..state import modes
 from ..testing import hostile_transformer
+from ..validate import EXPLAINED, boolean, call_error, choice, describe, name_list
 
 __all__ = ["features", "feature_dim"]
 
@@ -69,23 +70,43 @@ def features(
     >>> list(ds.data_vars), ds["2"].dims, ds["2"].shape, ds.source_probs.shape
     (['2', 'source_probs'], ('example', '2_dim'), (5, 8), (5, 3))
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    choice("pool", pool, POOLS)
+    boolean("return_outputs", return_outputs)
+    if input_of is not None:
+        boolean("input_of", input_of)
+    if not isinstance(mask_key, str):
+        raise TypeError(f"mask_key: expected the name of the mask entry of mapping inputs, got {mask_key!r}")
     if layers is None:
         layers = [default_layer(model)]
         input_of = True if input_of is None else input_of
-    layers = list(dict.fromkeys(check_layers(model, layers)))
+    layers = list(dict.fromkeys(check_layers(model, name_list("layers", layers))))
     if "" in layers:
         raise ValueError("layers: '' is the whole model; for its output use return_outputs=True, or name a module")
     if return_outputs and SOURCE_PROBS in layers:
         raise ValueError(f"layers: a module named {SOURCE_PROBS!r} clashes with the model outputs; rename it")
     if pool not in POOLS:
         raise ValueError(f"pool: expected 'mean', 'cls', 'max' or 'flatten', got {pool!r}")
-    batches = input_batches(data, ctx.device or model_device_dtype(model)[0], what="data")
+    device, dtype = model_device_dtype(model)
+    batches = input_batches(data, ctx.device or device, what="data", dtype=dtype)
     parts: dict[str, list] = {l: [] for l in layers}
     probs = []
     with modes(model, ctx.mode), torch.no_grad():
         for batch in ctx.iterate(batches, desc="features"):
-            acts, out = capture_batch(model, batch, layers, pool=pool, input_of=bool(input_of), mask_key=mask_key)
+            try:
+                acts, out = capture_batch(model, batch, layers, pool=pool, input_of=bool(input_of), mask_key=mask_key)
+            except EXPLAINED as e:
+                what = f"the model's forward failed on inputs {describe(batch)}"
+                err = call_error(e, "data", what, "Pass inputs it takes.")
+                if err is None:
+                    raise
+                raise err from e
             for l, t in acts.items():
+                if not bool(torch.isfinite(t).all()):
+                    raise ValueError(
+                        f"model: the features of {l!r} contain NaN or inf values (non-finite weights or activations)"
+                    )
                 parts[l].append(t.double().cpu())
             if return_outputs and isinstance(out, torch.Tensor) and out.dim() == 2:
                 probs.append(torch.softmax(out.double(), -1).cpu())

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from sklearn.decomposition import PCA
 
-from .validation import class_labels, feature_matrix
+from .validation import MAX_ABS, class_labels, feature_matrix, unit_scale
 
 __all__ = ["transrate", "gbc", "tmi", "coding_rate", "pca"]
 
@@ -49,7 +49,7 @@ def transrate(features: Any, labels: Any, eps: float = 1e-4) -> float:
     >>> bool(transrate(F, y) > transrate(rng.normal(size=(60, 3)), y))
     True
     """
-    F = feature_matrix(features)
+    F = feature_matrix(features, max_abs=MAX_ABS)
     y, C = class_labels(labels, F.shape[0])
     Fc = F - F.mean(0)
     return float(coding_rate(Fc, eps) - np.mean([coding_rate(Fc[y == c], eps) for c in range(C)]))
@@ -66,7 +66,7 @@ def gbc(features: Any, labels: Any, *, gaussian: str = "spherical", pca_variance
     >>> -6 <= gbc(np.eye(3)[y] * 3 + rng.normal(size=(60, 3)), y) <= 0  # 0: well separated
     True
     """
-    F = feature_matrix(features)
+    F = feature_matrix(features, max_abs=MAX_ABS)
     y, C = class_labels(labels, F.shape[0])
     if gaussian not in ("spherical", "diagonal"):
         raise ValueError(f"gaussian: expected 'spherical' or 'diagonal', got {gaussian!r}")
@@ -103,7 +103,7 @@ def tmi(features: Any, labels: Any) -> float:
     >>> bool(tmi(np.eye(3)[y] * 3 + rng.normal(size=(60, 3)), y) > tmi(rng.normal(size=(60, 3)), y))
     True
     """
-    F = feature_matrix(features)
+    F = unit_scale(feature_matrix(features))[0]  # scale-invariant: at unit scale the norm floor never binds
     y, C = class_labels(labels, F.shape[0])
     Fn = F / np.maximum(np.linalg.norm(F, axis=1, keepdims=True), 1e-12)
     return float(-np.mean([Fn[y == c].var(0).sum() for c in range(C)]))

@@ -3,6 +3,7 @@ probe on its frozen features and by fine-tuning the whole network with a fresh h
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -11,14 +12,15 @@ import xarray as xr
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from ..capture import chunks
+from ..capture import chunks, default_layer
 from ..data import as_data
-from ..params import forward, model_device_dtype
+from ..params import check_model, forward, model_device_dtype
 from ..registry import Tags, probe
 from ..state import modes
 from ..testing import hostile_data, hostile_model
+from ..validate import EXPLAINED, call_error, count, describe, positive
 from .features import features
-from .validation import as_array, class_labels
+from .validation import class_labels, labelled
 
 __all__ = ["linear_probe_accuracy", "finetune_accuracy"]
 
@@ -27,15 +29,49 @@ def _accuracy(acc: float, what: str) -> xr.DataArray:
     return xr.DataArray(float(acc), name="accuracy", attrs={"long_name": f"{what} test accuracy", "units": "1"})
 
 
-def _split(train: Any, test: Any, ctx) -> tuple:
-    """The two (inputs, labels) pairs, recorded in probe_params by size and fingerprint (not by value)."""
-    for name, pair in (("train", train), ("test", test)):
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-            raise TypeError(f"{name}: expected an (inputs, labels) pair, got {type(pair).__name__}")
-        y = torch.as_tensor(class_labels(pair[1], len(pair[1]), f"{name} labels", min_classes=1)[0])
-        d = as_data((pair[0], y))
-        ctx.record(**{name: {"n_samples": d.n, "fingerprint": d.fingerprint()}})
-    return train[0], train[1], test[0], test[1]
+def _split(model: nn.Module, train: Any, test: Any, ctx) -> tuple:
+    """The train and test inputs (one tensor each, on the model's device and dtype) and labels (any values;
+    training needs two classes at least), recorded in probe_params by size and fingerprint (not by value)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    device, dtype = model_device_dtype(model)
+    out = []
+    for name, data in (("train", train), ("test", test)):
+        x, raw = labelled(data, name, ctx.device or device, dtype)
+        y = torch.as_tensor(class_labels(raw, len(x), f"{name} labels", min_classes=2 if name == "train" else 1)[0])
+        ctx.record(**{name: {"n_samples": len(x), "fingerprint": as_data((x, y)).fingerprint()}})
+        out += [x, raw]
+    return tuple(out)
+
+
+def _test_index(classes: np.ndarray, yte: np.ndarray) -> np.ndarray:
+    """Test labels as indices of the training classes; labels unseen in training get -1 (counted wrong, with a
+    warning saying how many)."""
+    try:
+        idx = np.clip(np.searchsorted(classes, yte), 0, len(classes) - 1)
+        seen = classes[idx] == yte
+    except TypeError:
+        raise TypeError(
+            f"test labels: of another type ({yte.dtype}) than the training labels ({classes.dtype})"
+        ) from None
+    if not seen.all():
+        warnings.warn(
+            f"test labels: {int((~seen).sum())} of {len(yte)} test samples have labels unseen in training (e.g. "
+            f"{yte[~seen][0]!r}); no trained classifier can predict them: they are counted as errors",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return np.where(seen, idx, -1)
+
+
+def _explained(run, x):
+    try:
+        return run()
+    except EXPLAINED as e:
+        err = call_error(e, "train", f"the model's forward failed on inputs {describe(x)}", "Pass inputs it takes.")
+        if err is None:
+            raise
+        raise err from e
 
 
 def _case():
@@ -54,7 +90,8 @@ def linear_probe_accuracy(
 ) -> xr.DataArray:
     """Test accuracy of multinomial logistic regression (L2, ``C``, lbfgs; ``random_state=seed``) on
     frozen, standardised (train mean and std) :func:`~workbench.transfer.features` of ``layer``
-    (default the penultimate), trained on ``train`` = (inputs, labels), scored on ``test``.
+    (default the penultimate), trained on ``train`` = (inputs, labels), scored on ``test`` (test labels
+    unseen in training are counted wrong, with a RuntimeWarning).
     Returns a 0-d DataArray ``accuracy``.
 
     >>> from workbench.testing import tiny_classifier
@@ -63,7 +100,17 @@ def linear_probe_accuracy(
     >>> acc.name, acc.dims, 0 <= float(acc) <= 1
     ('accuracy', (), True)
     """
-    xtr, ytr, xte, yte = _split(train, test, ctx)
+    if layer is not None and not isinstance(layer, str):
+        raise TypeError(f"layer: expected a module name or None, got {type(layer).__name__} {layer!r}")
+    if layer is not None and layer not in dict(model.named_modules()):
+        raise ValueError(f"layer: no module named {layer!r}; e.g. {[n for n, _ in model.named_modules() if n][:8]}")
+    C = positive("C", C)
+    if layer is None and isinstance(model, nn.Module):
+        try:
+            default_layer(model)
+        except ValueError:
+            raise ValueError("layer: the model has no nn.Linear head to read the input of; name a layer") from None
+    xtr, ytr, xte, yte = _split(model, train, test, ctx)
     kw = dict(
         layers=None if layer is None else [layer], pool=pool, progress=False, cancel=ctx.cancel, device=ctx.device
     )
@@ -72,8 +119,10 @@ def linear_probe_accuracy(
     ftr, fte = ftr[list(ftr.data_vars)[0]].values, fte[list(fte.data_vars)[0]].values
     mu, sd = ftr.mean(0), ftr.std(0) + 1e-8
     clf = LogisticRegression(C=C, max_iter=3000, random_state=ctx.seed)
-    clf.fit((ftr - mu) / sd, as_array(ytr, "labels"))
-    return _accuracy(clf.score((fte - mu) / sd, as_array(yte, "labels")), "linear-probe")
+    classes = np.unique(ytr)
+    clf.fit((ftr - mu) / sd, np.searchsorted(classes, ytr))
+    pred = clf.predict((fte - mu) / sd)
+    return _accuracy(float(np.mean(pred == _test_index(classes, yte))), "linear-probe")
 
 
 def _fresh_head(model: nn.Module, head: str, n_classes: int) -> tuple[str, nn.Linear]:
@@ -129,7 +178,9 @@ def finetune_accuracy(
     Linear for the target classes (initialised from ``seed``), and every parameter is trained with Adam
     (``lr``, ``batch_size``, ``epochs``, data order from ``seed``) in train mode on ``train`` =
     (inputs, labels); accuracy on ``test`` in eval mode. The model's own tensors are never written:
-    training runs on copies through ``torch.func.functional_call``. Returns a 0-d DataArray ``accuracy``.
+    training runs on copies through ``torch.func.functional_call``. Test labels are matched to the training
+    classes by value; labels unseen in training are counted wrong (with a RuntimeWarning). Returns a 0-d
+    DataArray ``accuracy``.
 
     >>> from workbench.testing import tiny_classifier
     >>> m, _, (x, y) = tiny_classifier(60)
@@ -138,27 +189,42 @@ def finetune_accuracy(
     ...                                                          head="2", epochs=2, seed=1))
     ('accuracy', (), True)
     """
-    xtr, ytr, xte, yte = _split(train, test, ctx)
-    device = ctx.device or model_device_dtype(model)[0]
-    classes = np.unique(as_array(ytr, "labels"))
-    ytr = torch.as_tensor(class_labels(ytr, len(ytr))[0], device=device)
-    yte = torch.as_tensor(np.searchsorted(classes, as_array(yte, "labels")), device=device)
-    xtr, xte = torch.as_tensor(xtr).to(device), torch.as_tensor(xte).to(device)
+    epochs, lr, batch_size = count("epochs", epochs), positive("lr", lr), count("batch_size", batch_size, hi=None)
+    check_model(model)
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise ValueError(f"model: the parameters {bad[:5]} contain NaN or inf values; nothing can be fine-tuned")
+    xtr, ytr, xte, yte = _split(model, train, test, ctx)
+    device = xtr.device
+    classes = np.unique(ytr)
+    ytr = torch.as_tensor(np.searchsorted(classes, ytr), device=device)
+    yte = torch.as_tensor(_test_index(classes, yte), device=device)
     tensors, trainable = _trainable_copy(model, *_fresh_head(model, head, len(classes)))
     opt = torch.optim.Adam(trainable, lr=lr)
     lf = nn.CrossEntropyLoss()
     steps = -(-len(ytr) // batch_size)
     with modes(model, "train"), ctx.bar(epochs * steps, "fine-tuning") as bar:
-        for _ in range(epochs):
+        for e in range(epochs):
             perm = torch.randperm(len(ytr), generator=ctx.generator).to(device)
             for i in range(0, len(ytr), batch_size):
                 idx = perm[i : i + batch_size]
-                loss = lf(forward(model, tensors, xtr[idx]), ytr[idx])
+                loss = _explained(lambda idx=idx: lf(forward(model, tensors, xtr[idx]), ytr[idx]), xtr)
+                if not bool(torch.isfinite(loss)):
+                    raise ValueError(
+                        f"lr: the fine-tuning loss is {float(loss)} at epoch {e}, step {i // batch_size}: training "
+                        f"diverged (or the model overflows); lower lr (now {lr:g})"
+                    )
                 opt.zero_grad()
                 loss.backward()
-                opt.step()
+                try:
+                    opt.step()
+                except EXPLAINED as e:  # e.g. lr too large for Adam's float arithmetic
+                    err = call_error(e, "lr", f"Adam's update with lr={lr:g} failed", "Lower lr.")
+                    if err is None:
+                        raise
+                    raise err from e
                 bar.update()
     with modes(model, "eval"), torch.no_grad():
-        acc = (forward(model, tensors, xte).argmax(1) == yte).float().mean()
+        acc = (_explained(lambda: forward(model, tensors, xte), xte).argmax(1) == yte).float().mean()
     ctx.record(n_classes=len(classes))
     return _accuracy(acc, "fine-tuned")

@@ -11,7 +11,7 @@ from scipy.linalg import eigh
 from scipy.special import logsumexp
 
 from .hscore import class_means
-from .validation import class_labels, feature_matrix
+from .validation import MAX_ABS, class_labels, feature_matrix
 
 __all__ = ["sfda", "etran", "shrunk_lda", "softmax"]
 
@@ -47,6 +47,11 @@ def shrunk_lda(X: np.ndarray, y: np.ndarray, C: int, lam: float | None = None) -
     for c in range(C):
         Xc = X[y == c] - M[c]
         Sw += pri[c] * (Xc.T @ Xc) / max(len(Xc), 1)
+    if not np.trace(Sw) > 0:
+        raise ValueError(
+            "labels: no class has two distinct samples (every class is a single sample, or constant within itself), "
+            "so the within-class scatter of the LDA is zero; pass more samples per class"
+        )
     if lam is None:
         lam = float(max(np.exp(-5 * np.linalg.eigvalsh(Sw)[-1]), 1e-10))
 
@@ -76,7 +81,7 @@ def sfda(features: Any, labels: Any) -> float:
     >>> bool(sfda(np.eye(3)[y] * 3 + rng.normal(size=(60, 3)), y) > sfda(rng.normal(size=(60, 3)), y))
     True
     """
-    F = feature_matrix(features)
+    F = feature_matrix(features, max_abs=MAX_ABS)
     y, C = class_labels(labels, F.shape[0])
     logits, lam = shrunk_lda(F, y, C)
     p = softmax(logits)
@@ -102,7 +107,7 @@ def etran(features: Any, labels: Any = None, *, part: str = "lda", bottom: float
     >>> 0 < etran(np.eye(3)[y] * 3 + rng.normal(size=(60, 3)), y) <= 1
     True
     """
-    F = feature_matrix(features)
+    F = feature_matrix(features, max_abs=MAX_ABS)
     if part == "energy":
         e = np.sort(logsumexp(F, axis=1))
         k = max(1, int(math.ceil(len(e) * bottom / 100)))

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .validation import as_array, class_labels, feature_matrix
+from .validation import as_array, class_labels, feature_matrix, unit_scale
 
 __all__ = ["FeatureStats", "logme"]
 
@@ -60,8 +60,10 @@ def _evidence(sig, x2, t2, N, D, tol=1e-10, max_iter=2000):
         gamma = (beta[None] * sig[:, None] / den).sum(0)
         m2 = (beta[None] ** 2 * sig[:, None] * x2 / den**2).sum(0)
         res2 = np.maximum(r0 + (alpha[None] ** 2 * x2 / den**2).sum(0), floor)
-        a_new = gamma / np.maximum(m2, 1e-300)
         b_new = np.maximum(N - gamma, 1e-12) / res2
+        # where the evidence grows without bound in alpha (the features explain nothing of t: w = 0 is best)
+        # the iteration would run alpha to overflow; beyond 1e12 beta s_max the evidence is at its limit
+        a_new = np.minimum(gamma / np.maximum(m2, 1e-300), 1e12 * b_new * sig.max())
         done = np.all(np.abs(a_new - alpha) <= tol * alpha) and np.all(np.abs(b_new - beta) <= tol * beta)
         alpha, beta = a_new, b_new
         if done:
@@ -106,12 +108,17 @@ def _spectrum(F, T):
 
 
 def _stats_spectrum(st: FeatureStats):
+    if st.FtF is None:
+        raise ValueError("features: the FeatureStats hold no samples; update() them with features first")
     N, D = st.n, st.FtF.shape[0]
-    sig, V = np.linalg.eigh(st.FtF)
-    keep = sig > sig.max() * 1e-12 * max(N, D) if sig.max() > 0 else sig > 0
+    c2 = np.trace(st.FtF) / (N * D)  # unit scale (the score does not depend on it)
+    if not c2 > 0 or not np.isfinite(c2):
+        raise ValueError("features: the FeatureStats hold no samples or only all-zero (or overflowing) features")
+    sig, V = np.linalg.eigh(st.FtF / c2)
+    keep = sig > sig.max() * 1e-12 * max(N, D)
     sig, V = sig[keep], V[:, keep]
-    FtT = st.class_sum.T  # (D, C): F^T t for one-hot t
-    return sig, (V.T @ FtT) ** 2 / sig[:, None], st.count.copy(), N, D
+    FtT = st.class_sum.T / np.sqrt(c2)  # (D, C): F^T t for one-hot t
+    return sig, (V.T @ FtT) ** 2 / sig[:, None], st.count.copy(), N, D, c2
 
 
 def logme(
@@ -139,9 +146,11 @@ def logme(
     True
     """
     if isinstance(features, FeatureStats):
-        sig, x2, t2, N, D = _stats_spectrum(features)
+        sig, x2, t2, N, D, c2 = _stats_spectrum(features)
     else:
-        F = feature_matrix(features)
+        F, c = unit_scale(feature_matrix(features))  # the evidence is invariant to the scale: run at scale 1
+        with np.errstate(over="ignore"):
+            c2 = c * c
         N, D = F.shape
         if regression:
             T = as_array(labels, "targets").astype(np.float64)
@@ -155,4 +164,10 @@ def logme(
         t2 = (T**2).sum(0)
     ev, a, b = _evidence(sig, x2, t2, N, D)
     score = float(np.mean(ev))
-    return (score, {"alpha": a, "beta": b, "evidence_per_column": ev}) if return_params else score
+    if not np.isfinite(score):  # a guard: the spectrum of finite, non-constant features gives a finite evidence
+        raise ValueError("features: LogME's evidence is not finite for these features (report this as a bug)")
+    if not return_params:
+        return score
+    with np.errstate(over="ignore"):
+        a = a * c2  # the prior precision of the weights of the features as given (F = c F_unit: alpha_unit c^2)
+    return score, {"alpha": a, "beta": b, "evidence_per_column": ev}

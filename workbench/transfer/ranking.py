@@ -13,19 +13,21 @@ import numpy as np
 import torch
 import xarray as xr
 from scipy.stats import kendalltau, pearsonr, weightedtau
-from torch.utils.data import DataLoader
+from torch import nn
 
-from ..capture import chunks
+from ..capture import POOLS, chunks
 from ..data import as_data
+from ..params import model_device_dtype
 from ..registry import Tags, probe
 from ..testing import hostile_data, hostile_model
+from ..validate import choice, name_list
 from .features import SOURCE_PROBS, features
 from .geometry import gbc, tmi, transrate
 from .hscore import hscore
 from .lda import etran, sfda
 from .logme import logme
 from .source import leep, nce, nleep
-from .validation import as_array, class_labels, feature_matrix
+from .validation import class_labels, feature_matrix, labelled
 
 __all__ = ["METRICS", "EXPERIMENTAL", "rank", "correlate", "bootstrap_score"]
 
@@ -48,20 +50,8 @@ METRICS: dict[str, Callable[[Any, Any, Any], float]] = {
 EXPERIMENTAL = {"etran_lda", "etran_energy", "etran", "tmi"}
 
 
-def _split_xy(data: Any) -> tuple[Any, np.ndarray]:
-    if isinstance(data, DataLoader):
-        xs, ys = [], []
-        for xb, yb in data:
-            xs.append(xb)
-            ys.append(yb)
-        return torch.cat(xs), np.concatenate([as_array(v, "labels") for v in ys])
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return data[0], as_array(data[1], "labels").ravel()
-    raise TypeError("target_data: expected an (inputs, labels) pair or a DataLoader of (inputs, labels)")
-
-
 def _metric_names(metrics) -> list[str]:
-    metrics = [m for m in METRICS if m != "nleep"] if metrics is None else list(metrics)
+    metrics = [m for m in METRICS if m != "nleep"] if metrics is None else name_list("metrics", metrics, min_size=1)
     base = [m for m in metrics if m != "etran"]
     if "etran" in metrics:
         base += [m for m in ("etran_lda", "etran_energy") if m not in base]
@@ -127,8 +117,16 @@ def rank(
     """
     if not isinstance(models, dict) or not models:
         raise ValueError("models: pass a non-empty dict name -> nn.Module")
+    for k, m in models.items():
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"models: entry {k!r} is a {type(m).__name__}, not an nn.Module")
     base = _metric_names(metrics)
-    x, y = _split_xy(target_data)
+    choice("pool", pool, POOLS)
+    if isinstance(layers, dict):
+        layers = {k: None if v is None else name_list(f"layers[{k!r}]", v, min_size=1) for k, v in layers.items()}
+    elif layers is not None:
+        layers = name_list("layers", layers, min_size=1)
+    x, y = labelled(target_data, "target_data", dtype=model_device_dtype(next(iter(models.values())))[1])
     ctx.data = as_data((x, torch.as_tensor(class_labels(y, len(y))[0])))  # fingerprinted in the provenance
     rows = {}
     for name, model in ctx.iterate(models.items(), total=len(models), desc="scoring models"):
@@ -145,7 +143,10 @@ def rank(
                 t0 = time.perf_counter()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    v = METRICS[met](ds[lname].values, y, src)
+                    try:
+                        v = METRICS[met](ds[lname].values, y, src)
+                    except (ValueError, TypeError) as e:  # degenerate features of this model on target_data
+                        raise type(e)(f"target_data: {met} of model {name!r} ({key}): {e}") from e
                 rows[(name, key, met)] = (v, time.perf_counter() - t0)
     mnames = list(models)
     lnames = list(dict.fromkeys(k[1] for k in rows))

@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.mixture import GaussianMixture
 
 from .geometry import pca
-from .validation import as_array, class_labels, feature_matrix, probabilities
+from .validation import MAX_ABS, as_array, class_labels, feature_matrix, probabilities
 
 __all__ = ["leep", "nce", "nleep"]
 
@@ -76,7 +76,7 @@ def nleep(
     >>> nleep(np.eye(2)[y] * 5 + rng.normal(size=(40, 2)), y, components_per_class=1) > -0.1
     True
     """
-    F = feature_matrix(features)
+    F = feature_matrix(features, max_abs=MAX_ABS)
     y, C = class_labels(labels, F.shape[0])
     Z = pca(F, pca_variance, seed, max_dims)
     k = max(1, min(components_per_class * C, F.shape[0] // 2))

@@ -9,7 +9,21 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["as_array", "feature_matrix", "class_labels", "probabilities", "warn_wide"]
+from ..data import as_data
+
+__all__ = [
+    "as_array",
+    "feature_matrix",
+    "class_labels",
+    "probabilities",
+    "warn_wide",
+    "unit_scale",
+    "MAX_ABS",
+    "labelled",
+]
+
+#: features above this magnitude overflow the covariances of the scale-dependent metrics
+MAX_ABS = 1e100
 
 
 def as_array(x: Any, what: str) -> np.ndarray:
@@ -29,8 +43,9 @@ def as_array(x: Any, what: str) -> np.ndarray:
     return x
 
 
-def feature_matrix(F: Any, what: str = "features") -> np.ndarray:
-    """``F`` as a finite float64 ``(N, D)`` matrix with N >= 2 and D >= 1.
+def feature_matrix(F: Any, what: str = "features", max_abs: float | None = None) -> np.ndarray:
+    """``F`` as a finite float64 ``(N, D)`` matrix with N >= 2 and D >= 1, not constant across the samples;
+    with ``max_abs`` (scale-dependent metrics), no larger entries than that (their covariances overflow).
 
     >>> feature_matrix([[1, 2], [3, 4]]).dtype
     dtype('float64')
@@ -45,7 +60,31 @@ def feature_matrix(F: Any, what: str = "features") -> np.ndarray:
     F = F.astype(np.float64)
     if not np.all(np.isfinite(F)):
         raise ValueError(f"{what}: contains NaN or inf; clean the features (e.g. drop those samples)")
+    if np.all(F == F[:1]):
+        raise ValueError(
+            f"{what}: every feature is constant across the samples, so no metric can tell the classes apart "
+            "(a dead layer? check the model and the inputs)"
+        )
+    if max_abs is not None and np.abs(F).max() > max_abs:
+        raise ValueError(
+            f"{what}: values up to {np.abs(F).max():.3g} overflow this metric's covariances; rescale the "
+            "features (e.g. standardise them), or use a scale-invariant metric (LogME, H-score)"
+        )
     return F
+
+
+def unit_scale(F: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(F / c, c)`` with ``c`` the root-mean-square entry of ``F``, computed without overflow or underflow:
+    the scale-invariant metrics run on unit-scale features at any feature scale.
+
+    >>> G, c = unit_scale(np.array([[3e200, 0.0], [0.0, 4e200]]))
+    >>> G.tolist(), round(float(c) / 2.5e200, 12)
+    ([[1.2, 0.0], [0.0, 1.6]], 1.0)
+    """
+    m = float(np.abs(F).max())
+    G = F / m
+    r = float(np.sqrt(np.mean(G * G)))
+    return G / r, m * r
 
 
 def class_labels(y: Any, n: int, what: str = "labels", min_classes: int = 2) -> tuple[np.ndarray, int]:
@@ -96,3 +135,36 @@ def warn_wide(n: int, d: int, c: int, metric: str) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def labelled(data: Any, what: str, device=None, dtype=None) -> tuple[torch.Tensor, np.ndarray]:
+    """``(inputs, labels)`` of labelled target data: the inputs as one tensor on ``device`` (floating ones in
+    ``dtype``), the labels as a 1-D numpy array of any values (class names, ids...). ``data`` is an
+    ``(inputs, labels)`` pair, a DataLoader or a list of ``(inputs, labels)`` batches; errors name ``what``.
+
+    >>> x, y = labelled((np.zeros((3, 2)), ["a", "b", "a"]), "train")
+    >>> x.dtype, y.tolist()
+    (torch.float64, ['a', 'b', 'a'])
+    """
+
+    def adapted(d):
+        try:
+            return as_data(d, device, dtype)
+        except (TypeError, ValueError) as e:
+            msg = str(e)
+            raise type(e)(what + msg[4:] if msg.startswith("data:") else f"{what}: {msg}") from None
+
+    if isinstance(data, (tuple, list)) and len(data) == 2 and not all(isinstance(b, (tuple, list)) for b in data):
+        x, labels = data
+        raw = as_array(labels, f"{what} labels")
+        x = adapted((x, torch.arange(raw.shape[0] if raw.ndim else 1))).materialize()[0]
+    else:
+        x, y = adapted(data).materialize()
+        raw = as_array(y, f"{what} labels")
+    if raw.ndim > 1 and raw.size == raw.shape[0]:
+        raw = raw.ravel()  # (N, 1) labels
+    if raw.ndim != 1:
+        raise ValueError(f"{what} labels: expected one label per sample, got shape {raw.shape}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what}: the inputs must be one tensor (or array), got {type(x).__name__}")
+    return x, raw
