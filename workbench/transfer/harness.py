@@ -20,7 +20,7 @@ from ..state import modes
 from ..testing import hostile_data, hostile_model
 from ..validate import EXPLAINED, call_error, count, describe, positive
 from .features import features
-from .validation import class_labels, labelled
+from .validation import as_argument, class_labels, labelled
 
 __all__ = ["linear_probe_accuracy", "finetune_accuracy"]
 
@@ -64,11 +64,11 @@ def _test_index(classes: np.ndarray, yte: np.ndarray) -> np.ndarray:
     return np.where(seen, idx, -1)
 
 
-def _explained(run, x):
+def _explained(run, x, arg):
     try:
         return run()
     except EXPLAINED as e:
-        err = call_error(e, "train", f"the model's forward failed on inputs {describe(x)}", "Pass inputs it takes.")
+        err = call_error(e, arg, f"the model's forward failed on inputs {describe(x)}", "Pass inputs it takes.")
         if err is None:
             raise
         raise err from e
@@ -114,8 +114,8 @@ def linear_probe_accuracy(
     kw = dict(
         layers=None if layer is None else [layer], pool=pool, progress=False, cancel=ctx.cancel, device=ctx.device
     )
-    ftr = features(model, chunks(xtr), **kw)
-    fte = features(model, chunks(xte), **kw)
+    ftr = as_argument(lambda: features(model, chunks(xtr), **kw), "train")
+    fte = as_argument(lambda: features(model, chunks(xte), **kw), "test")
     ftr, fte = ftr[list(ftr.data_vars)[0]].values, fte[list(fte.data_vars)[0]].values
     mu, sd = ftr.mean(0), ftr.std(0) + 1e-8
     clf = LogisticRegression(C=C, max_iter=3000, random_state=ctx.seed)
@@ -208,7 +208,7 @@ def finetune_accuracy(
             perm = torch.randperm(len(ytr), generator=ctx.generator).to(device)
             for i in range(0, len(ytr), batch_size):
                 idx = perm[i : i + batch_size]
-                loss = _explained(lambda idx=idx: lf(forward(model, tensors, xtr[idx]), ytr[idx]), xtr)
+                loss = _explained(lambda idx=idx: lf(forward(model, tensors, xtr[idx]), ytr[idx]), xtr, "train")
                 if not bool(torch.isfinite(loss)):
                     raise ValueError(
                         f"lr: the fine-tuning loss is {float(loss)} at epoch {e}, step {i // batch_size}: training "
@@ -225,6 +225,6 @@ def finetune_accuracy(
                     raise err from e
                 bar.update()
     with modes(model, "eval"), torch.no_grad():
-        acc = (_explained(lambda: forward(model, tensors, xte), xte).argmax(1) == yte).float().mean()
+        acc = (_explained(lambda: forward(model, tensors, xte), xte, "test").argmax(1) == yte).float().mean()
     ctx.record(n_classes=len(classes))
     return _accuracy(acc, "fine-tuned")

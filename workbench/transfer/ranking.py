@@ -27,7 +27,7 @@ from .hscore import hscore
 from .lda import etran, sfda
 from .logme import logme
 from .source import leep, nce, nleep
-from .validation import class_labels, feature_matrix, labelled
+from .validation import as_argument, class_labels, feature_matrix, labelled
 
 __all__ = ["METRICS", "EXPERIMENTAL", "rank", "correlate", "bootstrap_score"]
 
@@ -129,11 +129,10 @@ def rank(
     x, y = labelled(target_data, "target_data", dtype=model_device_dtype(next(iter(models.values())))[1])
     ctx.data = as_data((x, torch.as_tensor(class_labels(y, len(y))[0])))  # fingerprinted in the provenance
     rows = {}
+    kw = dict(pool=pool, return_outputs=True, progress=False, cancel=ctx.cancel, device=ctx.device)
     for name, model in ctx.iterate(models.items(), total=len(models), desc="scoring models"):
         lys = layers.get(name) if isinstance(layers, dict) else layers
-        ds = features(
-            model, chunks(x), lys, pool=pool, return_outputs=True, progress=False, cancel=ctx.cancel, device=ctx.device
-        )
+        ds = as_argument(lambda model=model, lys=lys: features(model, chunks(x), lys, **kw), "target_data")
         probs = ds[SOURCE_PROBS].values if SOURCE_PROBS in ds else None
         read = [v for v in ds.data_vars if v != SOURCE_PROBS]
         for li, lname in enumerate(read):

@@ -20,6 +20,7 @@ __all__ = [
     "unit_scale",
     "MAX_ABS",
     "labelled",
+    "as_argument",
 ]
 
 #: features above this magnitude overflow the covariances of the scale-dependent metrics
@@ -168,3 +169,19 @@ def labelled(data: Any, what: str, device=None, dtype=None) -> tuple[torch.Tenso
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what}: the inputs must be one tensor (or array), got {type(x).__name__}")
     return x, raw
+
+
+def as_argument(run, arg: str, inner: str = "data"):
+    """``run()``, with a clear error of a probe called inside (whose data argument is ``inner``) renamed to
+    this call's argument ``arg`` (e.g. :func:`~workbench.transfer.features`' ``data:`` as ``target_data:``).
+
+    >>> as_argument(lambda: 1, "train")
+    1
+    """
+    try:
+        return run()
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        if not msg.startswith(inner + ":"):
+            raise
+        raise type(e)(arg + msg[len(inner) :]) from e
