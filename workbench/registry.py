@@ -18,7 +18,8 @@ cancel     ``None`` or an object with ``is_set()`` (a ``threading.Event``): when
 device     ``None`` (the model's device) or the device the model lives on; data move there batch by batch
 ========== ======================================================================================
 
-and applies, in this order: the configured thread count (:mod:`workbench.config`), RNG isolation
+and applies, in this order: the per-model lock (below), the configured thread count
+(:mod:`workbench.config`), RNG isolation
 (the global torch, numpy and Python RNG states are saved and restored; inside, torch's global RNG
 is seeded with ``seed`` so train-mode dropout is reproducible), the state guard
 (:func:`workbench.state.preserve` over every ``nn.Module`` argument), and provenance: ``probe``,
@@ -31,16 +32,32 @@ The body receives a :class:`Context` as the keyword ``ctx``: the validated tail,
 cancellation point), :meth:`Context.objective` (the :class:`~workbench.objective.Objective` of the
 call's model, loss and data) and :meth:`Context.record` (extra entries for ``probe_params``).
 
+**One model, one probe at a time.** A probe holds a lock on every ``nn.Module`` argument while it runs
+(re-entrant: a probe may call probes on the same models in the same thread; taken in a fixed order, so
+two probes taking the same two models cannot deadlock). Functional calls swap tensors into the model's
+slots and train mode flips its flags, so two probes on one model at once (a widget's background job and
+the next notebook cell) would corrupt each other. A probe that finds its model busy *waits*, and after
+0.5 s says so on stderr in one line naming the probe that holds it: the next cell just runs once the
+widget job ends, rather than failing and having to be run again. Ctrl-C (``KeyboardInterrupt``) or the
+probe's own ``cancel`` event (:class:`Cancelled`) ends the wait; :func:`lock_holder` says who holds a model.
+
+Interrupts are never swallowed: an interrupt that torch's C++ code turned into a ``RuntimeError``
+(:func:`workbench.tail.interrupt_in`) leaves the probe as the interrupt, and the clean-up (RNG states,
+the state guard, the locks) runs to completion under a second Ctrl-C (:func:`workbench.state.run_shielded`).
+
 Registration records :class:`Tags` (what a probe needs) and an optional *contract case*, a small
 call on a hostile model that :mod:`workbench.testing` runs; without one, a case is built from the tags.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-import random
+import sys
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,8 +68,18 @@ from torch import nn
 
 from .config import threads
 from .results import model_fingerprint, provenance
-from .state import preserve
-from .tail import OPTIONAL, TAIL, TAIL_DEFAULTS, Cancelled, Context, check_tail  # noqa: F401  (the tail, re-exported)
+from .state import preserve, run_shielded
+from .tail import (  # noqa: F401  (the tail, re-exported)
+    OPTIONAL,
+    TAIL,
+    TAIL_DEFAULTS,
+    Cancelled,
+    Context,
+    check_tail,
+    interrupt_in,
+    isolated_rng,
+    surfacing_interrupts,
+)
 
 #: argument names that hold what the probe is *about* (not recorded in probe_params)
 SUBJECTS = ("model", "model_a", "model_b", "models", "loss_fn", "data", "inputs", "target_data")
@@ -105,26 +132,84 @@ def _modules_in(obj, out: list) -> list:
     return out
 
 
-def _rng_states():
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    return torch.get_rng_state(), cuda, np.random.get_state(), random.getstate()
+# -- one model, one probe at a time ------------------------------------------------------------------------
+
+_LOCKS: dict[int, list] = {}  # id(module) -> [weakref to the module, RLock, holder, depth]
+_LOCKS_GUARD = threading.Lock()
+_PURGED = [0]  # the table's size after the last purge
+_WAIT_MESSAGE_AFTER_S = 0.5
 
 
-def _seed_global(seed: int) -> None:
-    # torch.manual_seed also queues lazy seeding of every accelerator backend (0.3 ms a call): seed the
-    # CPU generator, and CUDA's only when it is in use
-    torch.default_generator.manual_seed(seed)
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.manual_seed_all(seed)
+def _entry(m: nn.Module) -> list:
+    """The lock entry of a module: by id, with a weak reference telling a recycled id apart (modules may be
+    unhashable, so no WeakKeyDictionary; and no weakref callback, where CPython would swallow a Ctrl-C).
+    Entries of dead modules are dropped as the table grows."""
+    with _LOCKS_GUARD:
+        e = _LOCKS.get(id(m))
+        if e is None or e[0]() is not m:
+            if len(_LOCKS) >= 2 * _PURGED[0] + 64:
+                for k in [k for k, v in _LOCKS.items() if v[0]() is None and v[3] == 0]:
+                    del _LOCKS[k]
+                _PURGED[0] = len(_LOCKS)
+            e = _LOCKS[id(m)] = [weakref.ref(m), threading.RLock(), None, 0]
+        return e
 
 
-def _set_rng_states(states) -> None:
-    cpu, cuda, npy, py = states
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
-    np.random.set_state(npy)
-    random.setstate(py)
+def lock_holder(model: nn.Module) -> str | None:
+    """``"probe (thread)"`` of the probe running on ``model`` now, or None.
+
+    >>> lock_holder(torch.nn.Linear(2, 2)) is None
+    True
+    """
+    e = _LOCKS.get(id(model))
+    return e[2] if e is not None and e[0]() is model else None
+
+
+def _attempt(e: list, held: list, probe: str) -> bool:
+    """One wait of at most 0.05 s for the lock; on success it is recorded in ``held`` (run shielded, so that a
+    Ctrl-C cannot fall between taking the lock and recording it)."""
+    if not e[1].acquire(timeout=0.05):
+        return False
+    held.append(e)
+    if e[3] == 0:
+        e[2] = f"{probe} ({threading.current_thread().name})"
+    e[3] += 1
+    return True
+
+
+def _acquire(e: list, held: list, ctx: Context) -> None:
+    t0, told = time.monotonic(), False
+    while not run_shielded(_attempt, e, held, ctx.probe):  # short waits: Ctrl-C and the cancel event get through
+        ctx.check_cancel()
+        if not told and time.monotonic() - t0 > _WAIT_MESSAGE_AFTER_S:
+            told = True
+            print(
+                f"workbench: {ctx.probe} waits for {e[2] or 'another probe'} to finish with this model "
+                "(Ctrl-C, or the probe's cancel event, stops waiting)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _release(held: list) -> None:
+    while held:
+        e = held.pop()
+        e[3] -= 1
+        if e[3] == 0:
+            e[2] = None
+        e[1].release()
+
+
+@contextlib.contextmanager
+def _locked(mods: list, ctx: Context):
+    """Hold the lock of every module in ``mods`` (in id order: a fixed order, no deadlock) for the body."""
+    held: list = []
+    try:
+        for m in sorted(mods, key=id):
+            _acquire(_entry(m), held, ctx)
+        yield
+    finally:
+        run_shielded(_release, held)
 
 
 def _tail_signature(sig: inspect.Signature) -> inspect.Signature:
@@ -190,39 +275,8 @@ def probe(name: str, *, case: Callable | None = None, tags: Tags | None = None):
             )
             if tail["device"] is not None:
                 _check_device(mods, tail["device"])
-            t0 = time.perf_counter()
-            with threads(), preserve(*mods):
-                rng = _rng_states()
-                try:
-                    _seed_global(ctx.seed)  # train-mode dropout: reproducible, and the user's stream untouched
-                    ctx.check_cancel()
-                    out = func(*bound.args, ctx=ctx, **bound.kwargs)
-                finally:
-                    _set_rng_states(rng)
-            if not isinstance(out, (xr.DataArray, xr.Dataset)):
-                raise TypeError(
-                    f"@probe({name!r}) must return an xarray DataArray or Dataset, got {type(out).__name__}"
-                )
-            recorded = {k: _describe(v) for k, v in arguments.items() if k not in SUBJECTS}
-            var_kw = [p.name for p in body_sig.parameters.values() if p.kind is p.VAR_KEYWORD]
-            for k in var_kw:  # forward kwargs of a model call: names only (they may hold tensors)
-                recorded[k] = sorted(arguments.get(k, {}))
-            recorded.update({k: tail[k] for k in ("mode", "params", "seed") if k in tags.uses})
-            if "device" in tags.uses:
-                recorded["device"] = None if tail["device"] is None else str(tail["device"])
-            recorded.update(ctx.extra_params)
-            attrs = provenance(
-                name,
-                recorded,
-                _subject_model(arguments),
-                ctx.data,
-                ctx.seed if tags.stochastic else None,
-                time.perf_counter() - t0,
-            )
-            if isinstance(arguments.get("model_b"), nn.Module):
-                attrs["model_b_fingerprint"] = model_fingerprint(arguments["model_b"])
-            out.attrs.update(attrs)
-            return out
+            with surfacing_interrupts(), _locked(mods, ctx):
+                return _run(func, ctx, tail, bound, arguments, mods, body_sig, tags)
 
         wrapper.__signature__ = public
         wrapper.probe_name = name
@@ -231,6 +285,43 @@ def probe(name: str, *, case: Callable | None = None, tags: Tags | None = None):
         return wrapper
 
     return deco
+
+
+def _run(func, ctx: Context, tail: dict, bound, arguments: dict, mods: list, body_sig, tags: Tags):
+    """The body under the thread count, the state guard and RNG isolation; then provenance."""
+    name = ctx.probe
+    t0 = time.perf_counter()
+    try:
+        with threads(), preserve(*mods), isolated_rng(ctx.seed):
+            ctx.check_cancel()
+            out = func(*bound.args, ctx=ctx, **bound.kwargs)
+    except Exception as e:
+        hidden = interrupt_in(e)  # a Ctrl-C that torch's C++ code turned into a RuntimeError
+        if hidden is not None and hidden is not e:
+            raise hidden from e
+        raise
+    if not isinstance(out, (xr.DataArray, xr.Dataset)):
+        raise TypeError(f"@probe({name!r}) must return an xarray DataArray or Dataset, got {type(out).__name__}")
+    recorded = {k: _describe(v) for k, v in arguments.items() if k not in SUBJECTS}
+    var_kw = [p.name for p in body_sig.parameters.values() if p.kind is p.VAR_KEYWORD]
+    for k in var_kw:  # forward kwargs of a model call: names only (they may hold tensors)
+        recorded[k] = sorted(arguments.get(k, {}))
+    recorded.update({k: tail[k] for k in ("mode", "params", "seed") if k in tags.uses})
+    if "device" in tags.uses:
+        recorded["device"] = None if tail["device"] is None else str(tail["device"])
+    recorded.update(ctx.extra_params)
+    attrs = provenance(
+        name,
+        recorded,
+        _subject_model(arguments),
+        ctx.data,
+        ctx.seed if tags.stochastic else None,
+        time.perf_counter() - t0,
+    )
+    if isinstance(arguments.get("model_b"), nn.Module):
+        attrs["model_b_fingerprint"] = model_fingerprint(arguments["model_b"])
+    out.attrs.update(attrs)
+    return out
 
 
 def _subject_model(arguments: dict) -> nn.Module | None:

@@ -3,13 +3,18 @@
 ``mode``, ``params``, ``seed``, ``progress``, ``cancel`` and ``device`` are validated once
 (:func:`check_tail`) by the ``@probe`` decorator of :mod:`workbench.registry`, which hands the body a
 :class:`Context`: the validated values, a seeded ``torch.Generator`` and numpy ``Generator``, progress
-bars that are also cancellation points, and the call's :class:`~workbench.objective.Objective`.
+bars that are also cancellation points, and the call's :class:`~workbench.objective.Objective`;
+:func:`isolated_rng` seeds the global RNGs for the call and puts the user's states back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import random
+import signal
+import threading
 from typing import Any
 
 import numpy as np
@@ -17,6 +22,9 @@ import torch
 from torch import nn
 
 from .objective import Objective
+from .state import run_shielded
+
+_INTERRUPTS = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 TAIL_DEFAULTS: dict[str, Any] = {
     "mode": "eval",
@@ -171,3 +179,106 @@ class Context:
             self.data = obj.data
             self.record(n_samples=obj.data.n, n_params=obj.space.numel)
         return obj
+
+
+def _rng_states():
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda, np.random.get_state(), random.getstate()
+
+
+def _seed_global(seed: int) -> None:
+    # torch.manual_seed also queues lazy seeding of every accelerator backend (0.3 ms a call): seed the
+    # CPU generator, and CUDA's only when it is in use
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)
+
+
+def _set_rng_states(states) -> None:
+    cpu, cuda, npy, py = states
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+    np.random.set_state(npy)
+    random.setstate(py)
+
+
+@contextlib.contextmanager
+def isolated_rng(seed: int):
+    """The global torch (CPU, and CUDA once initialised), numpy and Python RNGs seeded with ``seed`` inside
+    (train-mode dropout: reproducible), the user's states put back after, under a second Ctrl-C too.
+
+    >>> before = torch.get_rng_state()
+    >>> with isolated_rng(3):
+    ...     _ = torch.rand(2)
+    >>> torch.equal(before, torch.get_rng_state())
+    True
+    """
+    states = _rng_states()
+    try:
+        _seed_global(seed)
+        yield
+    finally:
+        run_shielded(_set_rng_states, states)
+
+
+def interrupt_in(exc: BaseException) -> BaseException | None:
+    """The interrupt (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``) in an exception's
+    ``__cause__`` / ``__context__`` chain or only named in its message (torch's C++ autograd turns a Ctrl-C
+    during a backward pass into a ``RuntimeError`` reading ``"KeyboardInterrupt: ..."``), or None. A
+    fallback must raise it, never handle it.
+
+    >>> interrupt_in(RuntimeError("The following operation failed ...\\nKeyboardInterrupt: \\n"))
+    KeyboardInterrupt('raised inside torch: The following operation failed ...')
+    >>> interrupt_in(RuntimeError("shape mismatch")) is None
+    True
+    """
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, _INTERRUPTS):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    text, todo = str(exc), list(_INTERRUPTS)
+    while todo:  # the interrupt classes and their subclasses (workbench.Cancelled, ...), by name
+        cls = todo.pop()
+        if f"{cls.__name__}: " in text or text.rstrip().endswith(cls.__name__):
+            return cls(f"raised inside torch: {text.splitlines()[0][:200]}")
+        todo += cls.__subclasses__()
+    return None
+
+
+@contextlib.contextmanager
+def surfacing_interrupts():
+    """A Ctrl-C that arrives during the body comes out of it as the ``KeyboardInterrupt`` its SIGINT handler
+    raised, even when something inside swallowed it (a weakref callback or ``__del__``, where CPython only
+    prints "Exception ignored", or torch's C++ code turning it into a ``RuntimeError`` that a fallback then
+    handled): when the body returns, or raises anything but an interrupt, after a SIGINT raised, that
+    interrupt is raised. Main thread only (signals arrive there); elsewhere it does nothing.
+
+    >>> with surfacing_interrupts():
+    ...     pass
+    """
+    raised: list = []
+    old = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if callable(old):
+
+        def handler(signum, frame):
+            try:
+                old(signum, frame)
+            except BaseException as e:  # noted, and raised on: it may be swallowed on its way out
+                raised.append(e)
+                raise
+
+        signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    except Exception as e:
+        if raised:
+            raise raised[0] from e
+        raise
+    finally:
+        if callable(old):
+            signal.signal(signal.SIGINT, old)
+    if raised:
+        raise raised[0]

@@ -14,7 +14,8 @@ the Hessian of the full-data mean loss. Engines:
   vectorised over many vectors with ``torch.func.vmap``;
 * ``"double_backward"``: ``autograd.grad(g, theta, v)`` on ``g`` built with ``create_graph=True``,
   for modules that break torch.func (data-dependent control flow, in-place ops on buffers, ...);
-* ``"auto"``: ``func``, falling back to ``double_backward`` with one warning if it fails.
+* ``"auto"``: ``func``, falling back to ``double_backward`` with one warning if it fails (never for an
+  interrupt: a Ctrl-C that torch reports as a ``RuntimeError`` is raised as the interrupt it is).
 
 No ``.backward()`` is ever called: nothing accumulates in ``.grad`` and no reference cycle keeps
 graphs alive (PyHessian issue #28).
@@ -31,6 +32,7 @@ from scipy.sparse.linalg import LinearOperator
 from torch.func import grad, jvp, vmap
 
 from ..objective import Objective
+from ..tail import interrupt_in
 
 ENGINES = ("auto", "func", "double_backward")
 
@@ -191,6 +193,9 @@ class HessianOperator(CurvatureOperator):
         try:
             return self._func(V)
         except (RuntimeError, NotImplementedError, TypeError) as e:
+            hidden = interrupt_in(e)  # a Ctrl-C that torch's C++ autograd turned into a RuntimeError
+            if hidden is not None:
+                raise hidden from e
             out = self._double_backward(V)  # a genuine error in the model raises here too, unchanged
             warnings.warn(
                 f"torch.func HVP failed ({type(e).__name__}: {str(e)[:120]}); using double backward for this probe",
