@@ -117,3 +117,124 @@ def test_threads_are_applied_and_restored():
             wb.set_threads(0)
     finally:
         wb.set_threads(None)
+
+
+# -- validation at the front door -----------------------------------------------------------------------
+
+
+class _OneShot(torch.utils.data.IterableDataset):
+    def __init__(self, items):
+        self.it = iter(items)
+
+    def __iter__(self):
+        return self.it
+
+
+@pytest.mark.parametrize(
+    "make, exc, words",
+    [
+        (lambda x, y: _OneShot([(x, y)]), TypeError, ["data: an IterableDataset", "list of batches"]),
+        (lambda x, y: DataLoader(_OneShot([(x, y)]), batch_size=None), ValueError, ["second pass", "one-shot"]),
+        (lambda x, y: TensorDataset(x, y), TypeError, ["data: a Dataset", "DataLoader(dataset"]),
+        (lambda x, y: (x, y.float() + 0.5), ValueError, ["data:", "fractional", "class indices"]),
+        (lambda x, y: (x, y[:, None]), ValueError, ["data: the targets have shape (12, 1)", "squeeze"]),
+        (lambda x, y: (x[:, :-1], y), ValueError, ["data: the model's forward failed", "float64 (12, 4)"]),
+        (lambda x, y: (x.long(), y), ValueError, ["data: the model's forward failed", "int64"]),
+    ],
+)
+def test_bad_data_that_used_to_be_wrong_or_crash_is_named(make, exc, words):
+    x, y = _xy(12)
+    with pytest.raises(exc) as ei:
+        wb.evaluate(_mlp(), torch.nn.CrossEntropyLoss(), make(x, y))
+    for w in words:
+        assert w in str(ei.value)
+
+
+def test_a_loader_that_yields_less_on_a_later_pass_is_an_error():
+    x, y = _xy(12)
+    passes = []
+
+    class Shrinking(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            passes.append(1)
+            return iter([(x, y)] if len(passes) <= 2 else [(x[:5], y[:5])])
+
+    with pytest.raises(ValueError, match="yielded 5 samples, the first 12"):
+        wb.evaluate(_mlp(), torch.nn.CrossEntropyLoss(), DataLoader(Shrinking(), batch_size=None))
+
+
+@pytest.mark.parametrize(
+    "labels", [lambda y: y.int(), lambda y: y.float(), lambda y: y.tolist(), lambda y: y.numpy(), lambda y: y.short()]
+)
+def test_int32_float_list_and_numpy_labels_give_the_int64_result(labels):
+    m, (x, y), lf = _mlp(), _xy(20), torch.nn.CrossEntropyLoss()
+    ref = wb.evaluate(m, lf, (x, y))
+    got = wb.evaluate(m, lf, (x, labels(y)))
+    assert float(got.loss) == float(ref.loss) and float(got.accuracy) == float(ref.accuracy)
+    assert float(wb.evaluate(m, lf, (x.numpy(), labels(y))).loss) == float(ref.loss)
+
+
+def test_a_loss_fn_that_is_not_a_class_index_loss_keeps_its_float_targets():
+    m, (x, _) = _mlp(), _xy(8)
+    t = torch.randn(8, 3, dtype=torch.float64)
+    with torch.no_grad():
+        ref = float(torch.nn.functional.mse_loss(m(x), t))
+    assert float(wb.evaluate(m, torch.nn.MSELoss(), (x, t)).loss) == pytest.approx(ref, rel=1e-12)
+
+
+def test_non_finite_losses_and_weights_are_named():
+    m, (x, y) = _mlp(), _xy(8)
+    with pytest.raises(ValueError, match="^data: the mean loss is nan at the model's parameters"):
+        wb.evaluate(m, lambda out, t: torch.nn.functional.cross_entropy(out, t) * float("nan"), (x, y))
+    with torch.no_grad():
+        m[0].weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"^model: the parameters \['0.weight'\] contain NaN or inf"):
+        wb.evaluate(m, torch.nn.CrossEntropyLoss(), (x, y))
+
+
+def test_mixed_dtypes_are_refused_by_name():
+    m = _mlp()
+    m[2].float()
+    with pytest.raises(ValueError, match="^model: its parameters mix dtypes.*float32: 2.weight, 2.bias"):
+        wb.evaluate(m, torch.nn.CrossEntropyLoss(), _xy(8))
+
+
+def test_an_error_of_the_users_own_code_passes_unchanged():
+    """Only what torch raises about its arguments is explained; a model's own bug keeps its type."""
+
+    class Buggy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(5, 3).double()
+
+        def forward(self, x):
+            raise RuntimeError("my bug")
+
+    with pytest.raises(RuntimeError, match="^my bug$"):
+        wb.evaluate(Buggy(), torch.nn.CrossEntropyLoss(), _xy(8))
+    x, y = _xy(8)
+    with pytest.raises(ValueError) as ei:
+        wb.evaluate(_mlp(), torch.nn.CrossEntropyLoss(), (x[:, :2], y))
+    assert isinstance(ei.value.__cause__, RuntimeError)  # torch's own message is kept as the cause
+
+
+def test_the_validators_name_the_argument():
+    from workbench import validate as V
+
+    assert V.count("steps", 21.0) == 21 and V.integer("m", None, none=True) is None
+    assert V.real("rho", 0) == 0.0 and V.fraction("confidence", 0.5) == 0.5
+    for call, exc, msg in [
+        (lambda: V.count("steps", True), TypeError, "^steps: expected an int, got True"),
+        (lambda: V.count("steps", 2.5), ValueError, "^steps: expected an int"),
+        (lambda: V.count("steps", 0), ValueError, "^steps: expected an int in 1..10000000"),
+        (lambda: V.count("n_hvp", 10**12), ValueError, "^n_hvp: expected an int in 1.."),
+        (lambda: V.real("rho", float("nan")), ValueError, "^rho: expected a finite number"),
+        (lambda: V.positive("lr", 0.0), ValueError, "^lr: expected a number > 0"),
+        (lambda: V.real("tol", "0.1"), TypeError, "^tol: expected a number"),
+        (lambda: V.boolean("adaptive", 1), TypeError, "^adaptive: expected True or False"),
+        (lambda: V.choice("which", "top", ("largest", "smallest")), ValueError, "^which: expected one of"),
+        (lambda: V.finite_array("coords", [0.0, float("inf")]), ValueError, "^coords: contains NaN or inf"),
+        (lambda: V.name_list("metrics", ["x"], known=["logme"]), ValueError, r"^metrics: unknown \['x'\]"),
+    ]:
+        with pytest.raises(exc, match=msg):
+            call()

@@ -372,3 +372,61 @@ def test_vmap_engine_accuracy_equals_loop():
     b = L.slice_1d(m, lf, data, seeds=[0, 1], steps=5, engine="vmap", chunk=3, accuracy=True, progress=False)
     np.testing.assert_allclose(a.loss.values, b.loss.values, rtol=1e-5)
     np.testing.assert_array_equal(a.accuracy.values, b.accuracy.values)
+
+
+# -- even steps, bad arguments, non-finite losses -----------------------------------------------------------
+
+
+def test_an_even_number_of_steps_works_everywhere():
+    m, data = _cnn(), _data()
+    lf = nn.CrossEntropyLoss()
+    ref = float(wb.evaluate(m, lf, data).loss)
+    s1 = L.slice_1d(m, lf, data, steps=4, progress=False)
+    s2 = L.slice_2d(m, lf, data, steps=4, progress=False)
+    r = L.interpolate(m, _cnn(), lf, data, steps=4, progress=False)
+    assert 0.0 not in s1.alpha.values and s1.sizes["alpha"] == 4 and s2.loss.shape == (4, 4)
+    assert s1.attrs["loss_theta0"] == ref and s2.attrs["loss_theta0"] == ref  # no sel(alpha=0) needed
+    assert r.attrs["loss_a"] == ref and r.sizes["t"] == 4
+    odd = L.slice_1d(m, lf, data, steps=5, progress=False)
+    assert odd.attrs["loss_theta0"] == float(odd.loss.sel(alpha=0.0)) == ref
+
+
+@pytest.mark.parametrize(
+    "kw, exc, msg",
+    [
+        (dict(steps=True), TypeError, "^steps: expected an int, got True"),
+        (dict(steps=-3), ValueError, "^steps: expected an int in 1.."),
+        (dict(steps=10**12), ValueError, "^steps: expected an int in 1..10000000"),
+        (dict(span=-1.0), ValueError, "^span: expected a number > 0"),
+        (dict(span=float("nan")), ValueError, "^span: expected a finite number"),
+        (dict(span=(1.0, -1.0)), ValueError, "^span: a .lo, hi. pair needs lo < hi"),
+        (dict(coords="abc"), TypeError, "^coords: expected an array of numbers"),
+        (dict(chunk=0), ValueError, "^chunk: expected an int >= 1"),
+        (dict(accuracy=1), TypeError, "^accuracy: expected True or False"),
+        (dict(seeds=[0, -1]), ValueError, "^seeds: expected an int >= 0"),
+        (dict(direction=object()), TypeError, "^direction: expected None, 'random'"),
+        (dict(normalization="filters"), ValueError, "^normalization: expected one of"),
+    ],
+)
+def test_bad_slice_arguments_are_named(kw, exc, msg):
+    m, data = _cnn(), _data()
+    with pytest.raises(exc, match=msg):
+        L.slice_1d(m, nn.CrossEntropyLoss(), data, progress=False, **kw)
+
+
+def test_a_nan_loss_everywhere_is_nan_cells_with_one_warning_and_bad_inputs_still_raise():
+    m, (x, y) = _cnn(), _data()
+
+    def nan_loss(out, t):
+        return nn.functional.cross_entropy(out, t) * float("nan")
+
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        s = L.slice_2d(m, nan_loss, (x, y), steps=3, progress=False)
+        r = L.interpolate(m, _cnn(), nan_loss, (x, y), steps=3, progress=False)
+    assert np.isnan(s.loss.values).all() and np.isnan(r.loss.values).all() and np.isnan(s.attrs["loss_theta0"])
+    assert sum("non-finite" in str(x.message) for x in w) == 2  # one per call
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="^data: inputs contain NaN"):  # NaN inputs are never data
+        L.slice_2d(m, nn.CrossEntropyLoss(), (bad, y), steps=3, progress=False)

@@ -1,5 +1,6 @@
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -490,3 +491,102 @@ def test_summary_of_one_model_and_of_a_list():
     np.testing.assert_array_equal(many["lambda_max"].values, [float(one["lambda_max"])] * 2)
     with pytest.raises(ValueError, match="models: empty"):
         S.summary([], lf, d, progress=False)
+
+
+# -- bad arguments, non-finite losses, fewer and unconverged eigenvalues -------------------------------------
+
+
+def _small():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    return m, nn.CrossEntropyLoss(), (torch.randn(9, 3, dtype=torch.float64), torch.randint(0, 2, (9,)))
+
+
+@pytest.mark.parametrize(
+    "probe, kw, exc, msg",
+    [
+        ("exact_hessian", dict(chunk=-1), ValueError, "^chunk: expected an int >= 1"),
+        ("exact_hessian", dict(max_params=2.5), ValueError, "^max_params: expected an int"),
+        ("hessian_eigenvalues", dict(k=True), TypeError, "^k: expected an int, got True"),
+        ("hessian_eigenvalues", dict(max_hvp=0), ValueError, "^max_hvp: expected an int in 1.."),
+        ("hessian_eigenvalues", dict(tol=float("nan")), ValueError, "^tol: expected a finite number"),
+        ("hessian_trace", dict(n_hvp=10**12), ValueError, "^n_hvp: expected an int in 4..10000000"),
+        ("hessian_trace", dict(confidence=1.0), ValueError, "^confidence: expected a number > 0 and < 1"),
+        ("spectral_density", dict(n_runs=1.5), ValueError, "^n_runs: expected an int"),
+        ("spectral_density", dict(grid=[0.0, float("nan")]), ValueError, "^grid: contains NaN or inf"),
+        ("sam_sharpness", dict(rho="0.1"), TypeError, "^rho: expected a number"),
+        ("sam_sharpness", dict(m=0), ValueError, "^m: expected an int >= 1"),
+        ("sam_sharpness", dict(adaptive=1), TypeError, "^adaptive: expected True or False"),
+        ("worst_case_sharpness", dict(eta=-1.0), ValueError, "^eta: expected a number >= 0"),
+        ("average_sharpness", dict(n_draws=True), TypeError, "^n_draws: expected an int"),
+        ("keskar_sharpness", dict(maxiter=float("inf")), ValueError, "^maxiter: expected an int"),
+        ("gam_flatness", dict(n_steps=0), ValueError, "^n_steps: expected an int in 1.."),
+        ("summary", dict(adaptive_rho=-0.5), ValueError, "^adaptive_rho: expected a number >= 0"),
+    ],
+)
+def test_bad_numeric_arguments_are_named(probe, kw, exc, msg):
+    m, lf, data = _small()
+    with pytest.raises(exc, match=msg):
+        getattr(S, probe)(m, lf, data, progress=False, **kw)
+
+
+@pytest.mark.parametrize(
+    "probe, kw",
+    [
+        ("hessian_eigenvalues", dict(k=2)),
+        ("hessian_eigenvalues", dict(k=2, method="eigsh")),
+        ("spectral_density", dict(n_runs=1, n_lanczos=4)),
+        ("hessian_trace", dict(n_hvp=6)),
+        ("exact_hessian", {}),
+        ("sam_sharpness", {}),
+        ("average_sharpness", dict(n_draws=2)),
+        ("gam_flatness", {}),
+        ("gradient_norm", {}),
+    ],
+)
+def test_a_nan_loss_is_a_clear_error_never_a_linalg_error_or_a_nan(probe, kw):
+    m, _, data = _small()
+
+    def nan_loss(out, y):
+        return nn.functional.cross_entropy(out, y) * float("nan")
+
+    with pytest.raises(ValueError, match="^data: the mean loss is nan at the model's parameters"):
+        getattr(S, probe)(m, nan_loss, data, progress=False, **kw)
+
+
+def test_non_finite_second_derivatives_and_perturbed_losses_name_their_cause():
+    m = nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        m.weight.zero_()
+    data = (torch.ones(4, 2, dtype=torch.float64), torch.zeros(4, 1, dtype=torch.float64))
+
+    def sqrt_abs(out, y):  # finite loss, infinite curvature at out == y
+        return (out - y).abs().sqrt().mean()
+
+    with pytest.raises(ValueError, match="^model: a Hessian-vector product has NaN or inf entries"):
+        S.hessian_trace(m, sqrt_abs, data, n_hvp=4, progress=False)
+    mm, lf, d = _small()
+    with pytest.raises(ValueError, match="^rho: the mean loss is (inf|nan) at a point"):
+        S.sam_sharpness(mm, lambda o, y: lf(o, y) * torch.exp(o.abs().max()), d, rho=1e3, progress=False)
+    g = S.Ball(torch.zeros(2, dtype=torch.float64), rho=1.0).first_order(
+        torch.tensor([1e200, 1e200], dtype=torch.float64)
+    )
+    assert torch.allclose(g, torch.tensor([0.5**0.5, 0.5**0.5], dtype=torch.float64))  # no overflow to 0
+
+
+def test_fewer_or_unconverged_eigenvalues_come_with_a_warning_and_a_converged_variable():
+    m = nn.Linear(4, 1, bias=False).double()
+    x = torch.ones(6, 4, dtype=torch.float64)  # rank-1 data: the Hessian 2 x x^T / N has rank 1
+    sq = nn.MSELoss()
+    with pytest.warns(RuntimeWarning, match="only 2 were found"):
+        ds = S.hessian_eigenvalues(m, sq, (x, torch.zeros(6, 1, dtype=torch.float64)), k=3, progress=False)
+    assert ds.sizes["rank"] == 2 and bool(ds.converged.all())
+    assert float(ds.eigenvalue[0]) == pytest.approx(2 * 4.0, rel=1e-10)  # 2 ||x||^2
+    q = quadratic(np.linspace(1, 10, 30))
+    with pytest.warns(RuntimeWarning, match="did not converge|converged"):
+        ds = S.hessian_eigenvalues(q, mean_out, DUMMY, k=3, max_hvp=4, progress=False)
+    assert ds.converged.dtype == bool and not bool(ds.converged.all())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the converged case says nothing
+        ok = S.hessian_eigenvalues(q, mean_out, DUMMY, k=3, progress=False)
+    assert bool(ok.converged.all())

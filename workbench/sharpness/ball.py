@@ -37,6 +37,15 @@ def check_ball(norm, adaptive: bool, eta: float) -> None:
     finite_nonneg("eta", eta)
 
 
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    """``v / ||v||`` (0 for v = 0), scaled first so that the norm of a huge gradient cannot overflow to inf."""
+    s = v.abs().max()
+    if s == 0:
+        return torch.zeros_like(v)
+    v = v / s
+    return v / v.norm()
+
+
 class Ball:
     """``{delta : ||delta / c||_p <= rho}`` with ``c = 1`` or ``c = |theta| + eta`` (``adaptive``).
 
@@ -62,8 +71,7 @@ class Ball:
         """argmax of ``g^T delta`` over the ball: ``rho c^2 g / ||c g||`` (p = 2) or ``rho c sign(g)`` (p = inf)."""
         cg = self.c * g
         if self.p == 2:
-            n = cg.norm()
-            return torch.zeros_like(g) if n == 0 else self.rho * self.c * cg / n
+            return self.rho * self.c * _unit(cg)
         return self.rho * self.c * torch.sign(g)
 
     def project_u(self, u: torch.Tensor) -> torch.Tensor:
@@ -76,8 +84,7 @@ class Ball:
     def ascent_dir_u(self, g_u: torch.Tensor) -> torch.Tensor:
         """The steepest-ascent direction of the p-norm for the gradient ``g_u`` in u: ``g / ||g||`` or ``sign(g)``."""
         if self.p == 2:
-            n = g_u.norm()
-            return g_u / n if n > 0 else g_u
+            return _unit(g_u)
         return torch.sign(g_u)
 
     def sample(self, gen: torch.Generator) -> torch.Tensor:
@@ -137,7 +144,9 @@ def radii(rho: float | ArrayLike) -> tuple[np.ndarray, bool]:
     >>> radii(0.05), radii([0.0, 0.1])[0].tolist()
     ((array([0.05]), True), [0.0, 0.1])
     """
-    scalar = np.ndim(rho) == 0 and not isinstance(rho, (str, bytes))
+    if isinstance(rho, (str, bytes)):
+        raise TypeError(f"rho: expected a number or an array of numbers (radii), got {type(rho).__name__} {rho!r}")
+    scalar = np.ndim(rho) == 0
     if scalar:
         return np.array([real("rho", rho, lo=0.0)]), True
     rhos = finite_array("rho", rho)

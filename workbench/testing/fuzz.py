@@ -262,6 +262,19 @@ def run_case(case: FuzzCase, reference: Any, timeout: float = 5.0) -> FuzzResult
     return FuzzResult(case, "silent_wrong" if diff else "ok", diff or "")
 
 
+def check_bad_inputs(info: ProbeInfo, timeout: float = 10.0) -> None:
+    """The fuzz of one probe as a contract check: raises AssertionError listing every case that crashed
+    inside a dependency or gave a silently wrong result.
+
+    >>> from workbench.registry import probes
+    >>> check_bad_inputs(probes()["evaluate"])
+    """
+    bad = [r for r in fuzz([info.name], timeout=timeout).failures()]
+    assert not bad, f"{info.name}: " + "; ".join(
+        f"{r.case.target}={r.case.variant}: {r.outcome} ({r.detail})" for r in bad[:8]
+    )
+
+
 def fuzz(names: Iterable[str] | None = None, *, timeout: float = 5.0, verbose: bool = False) -> FuzzReport:
     """Run every fuzz case of the registered probes ``names`` (default all) and classify the outcomes.
 
