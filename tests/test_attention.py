@@ -599,3 +599,68 @@ def test_progress_counts_batches_and_cancel_stops_at_the_next_attention_call():
     finally:
         h.remove()
     assert calls == [1]
+
+
+# -- bad inputs: named, never dropped from the statistics ----------------------------------------------------
+
+
+def test_nan_inputs_and_nan_weights_are_errors_never_dropped_rows():
+    from workbench.testing import hostile_transformer
+
+    m, x, mask = hostile_transformer()
+    bad = x.clone()
+    bad[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match="^inputs: inputs contain NaN or inf"):
+        A.attention_stats(m, bad, src_key_padding_mask=mask, progress=False)
+    with torch.no_grad():
+        m.encoder.layers[1].self_attn.in_proj_weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="^model: the attention logits of 'encoder.layers.1.self_attn' are NaN"):
+        A.entropy(m, x, src_key_padding_mask=mask, progress=False)
+    with pytest.raises(ValueError, match="^model: the query / key weights of 'encoder.layers.1.self_attn'"):
+        A.qk_spectral_norms(m, progress=False)
+
+
+def test_inputs_of_another_dtype_are_cast_and_shapes_the_model_cannot_take_are_named():
+    from workbench.testing import hostile_transformer
+
+    m, x, mask = hostile_transformer()
+    ref = A.attention_stats(m, x, src_key_padding_mask=mask, progress=False)
+    for other in (x.double(), x.numpy(), [x], (x, torch.zeros(3, dtype=torch.long))):
+        got = A.attention_stats(m, other, src_key_padding_mask=mask, progress=False)
+        np.testing.assert_array_equal(got.entropy.values, ref.entropy.values)
+    with pytest.raises(ValueError, match=r"^inputs: the model's forward failed on inputs float32 \(3, 7, 5\)") as ei:
+        A.attention_stats(m, x[..., :5], src_key_padding_mask=mask, progress=False)
+    assert isinstance(ei.value.__cause__, RuntimeError)
+    with pytest.raises(ValueError, match="^inputs: batch 0 has no examples"):
+        A.attention_stats(m, x[:0], progress=False)
+
+
+@pytest.mark.parametrize(
+    "kw, exc, msg",
+    [
+        (dict(layer=True), TypeError, "^layer: expected an int, got True"),
+        (dict(layer=1.5), ValueError, "^layer: expected an int"),
+        (dict(example=-1), ValueError, "^example: expected an int >= 0"),
+        (dict(example=3), ValueError, "^example: the first batch of inputs has 3 examples"),
+        (dict(attention_modules=["nonsense"]), ValueError, r"^attention_modules: unknown \['nonsense'\]"),
+    ],
+)
+def test_bad_attention_map_arguments_are_named(kw, exc, msg):
+    from workbench.testing import hostile_transformer
+
+    m, x, mask = hostile_transformer()
+    kw = {"layer": 0, **kw}
+    with pytest.raises(exc, match=msg):
+        A.attention_map(m, x, src_key_padding_mask=mask, progress=False, **kw)
+
+
+def test_over_checkpoints_validates_losses_dim_and_models():
+    from workbench.testing import hostile_transformer
+
+    (a, x, mask), b = hostile_transformer(0), hostile_transformer(1)[0]
+    with pytest.raises(ValueError, match="^losses: contains NaN or inf"):
+        A.over_checkpoints([a, b], x, losses=[1.0, float("nan")], src_key_padding_mask=mask, progress=False)
+    with pytest.raises(ValueError, match="^dim: expected a name for the new dimension"):
+        A.over_checkpoints([a, b], x, dim="layer", src_key_padding_mask=mask, progress=False)
+    with pytest.raises(TypeError, match="^models: expected a list or dict of models"):
+        A.over_checkpoints(a, x, src_key_padding_mask=mask, progress=False)

@@ -1,3 +1,6 @@
+import re
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -358,3 +361,110 @@ def test_rank_scores_repeat_and_finetune_follows_its_seed():
     runs = {s: float(T.finetune_accuracy(hostile_model(0), *split, epochs=2, seed=s)) for s in (0, 1, 2, 3)}
     assert runs[0] == float(T.finetune_accuracy(hostile_model(0), *split, epochs=2, seed=0))
     assert len(set(runs.values())) > 1  # the head's init and the data order come from seed
+
+
+# -- numerics that cannot be silently wrong, degenerate inputs, unseen labels -------------------------------
+
+
+def test_hscore_is_invariant_to_the_scale_of_each_feature():
+    F, y = _data(200, 6)
+    scaled = F * np.array([1e6, 1e-6, 1.0, 3.0, 1e3, 1.0])  # variances differing by 1e24
+    Fc = F - F.mean(0)
+    M = np.stack([Fc[y == c].mean(0) for c in range(3)])[y]
+    exact = float(np.trace(np.linalg.solve(Fc.T @ Fc, M.T @ M)))  # well conditioned: the exact value
+    assert T.hscore(F, y) == pytest.approx(exact, rel=1e-10)
+    assert T.hscore(scaled, y) == pytest.approx(exact, rel=1e-8)
+    st = T.FeatureStats(3).update(scaled, y)
+    assert T.hscore(st) == pytest.approx(exact, rel=1e-6)  # F^T F of scaled features: cancellation-limited
+
+
+@pytest.mark.parametrize("scale", [1e-150, 1e-6, 1.0, 300.0, 1e4, 1e150])
+def test_logme_is_finite_and_equal_at_any_feature_scale(scale):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 40)
+    F = rng.normal(size=(40, 2)) @ rng.normal(size=(2, 6))  # rank 2: a column's best alpha is infinite
+    base = T.logme(F, y)
+    assert np.isfinite(base)
+    assert T.logme(F * scale, y) == pytest.approx(base, rel=1e-9)
+    assert T.logme(T.FeatureStats(3).update(F * scale, y)) == pytest.approx(base, rel=1e-6)
+    G = F * np.r_[1e6, 1e-6, 1, 1, 1, 1]
+    assert np.isfinite(T.logme(G * scale, y)) and T.logme(G * scale, y) == pytest.approx(T.logme(G, y), rel=1e-9)
+
+
+@pytest.mark.parametrize("metric", ALL)
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("constant", "features: every feature is constant"),
+        ("one class", "labels: need at least 2 classes"),
+        ("one sample per class", None),
+        ("huge", None),
+    ],
+)
+def test_degenerate_inputs_give_a_clear_error_or_a_finite_score(metric, case, words):
+    F, y = _data(30, 4)
+    F, y = {
+        "constant": (np.ones_like(F), y),
+        "one class": (F, np.zeros_like(y)),
+        "one sample per class": (F[:3], np.array([0, 1, 2])),
+        "huge": (F * 1e150, y),
+    }[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            v = T.METRICS[metric](F, y, None)
+        except (ValueError, TypeError) as e:  # never LinAlgError or an error inside numpy / sklearn
+            assert type(e) in (ValueError, TypeError) and re.match(r"^(features|labels): ", str(e)), str(e)
+            if words:
+                assert words in str(e)
+        else:
+            assert (words is None or metric == "etran_energy") and np.isfinite(v), (metric, case, v)
+
+
+def test_unseen_test_labels_are_counted_wrong_with_a_warning():
+    """Test labels are matched to the training classes by value: a label just below a training class (1.5,
+    with classes 0, 2, 5) was scored as that class (its sorted position); now it is counted wrong."""
+    from workbench.testing import hostile_data, hostile_model
+
+    x, y = hostile_data(0, 60)
+    ids = torch.tensor([0.0, 2.0, 5.0])[y]
+    train = (x[:40], ids[:40])
+    unseen = ids[40:].clone()
+    unseen[:5] -= 0.5
+    for probe, kw in ((T.finetune_accuracy, dict(epochs=2)), (T.linear_probe_accuracy, {})):
+        clean = float(probe(hostile_model(0), train, (x[40:], ids[40:]), seed=0, **kw))
+        with pytest.warns(RuntimeWarning, match="20 of 20 test samples have labels unseen in training"):
+            assert float(probe(hostile_model(0), train, (x[40:], ids[40:] - 0.5), seed=0, **kw)) == 0.0 < clean
+        tail = float(probe(hostile_model(0), train, (x[45:], ids[45:]), seed=0, **kw))  # the 15 seen samples
+        with pytest.warns(RuntimeWarning, match="5 of 20 test samples have labels unseen in training"):
+            acc = float(probe(hostile_model(0), train, (x[40:], unseen), seed=0, **kw))
+        assert acc * 20 == pytest.approx(tail * 15)  # the 5 unseen are wrong, the rest as scored alone
+
+
+def test_labels_of_any_values_and_data_forms_give_the_same_accuracy():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from workbench.testing import hostile_data, hostile_model
+
+    x, y = hostile_data(0, 60)
+    names = np.array(["cat", "dog", "eel"])[y.numpy()]
+    ref = float(T.linear_probe_accuracy(hostile_model(0), (x[:40], y[:40]), (x[40:], y[40:])))
+    assert float(T.linear_probe_accuracy(hostile_model(0), (x[:40], names[:40]), (x[40:], names[40:]))) == ref
+    loader = DataLoader(TensorDataset(x[:40], y[:40]), batch_size=16)
+    assert float(T.linear_probe_accuracy(hostile_model(0), loader, (x[40:].double(), y[40:].int()))) == ref
+    with pytest.raises(ValueError, match="^train labels: need at least 2 classes"):
+        T.linear_probe_accuracy(hostile_model(0), (x[:40], torch.zeros(40)), (x[40:], y[40:]))
+    with pytest.raises(ValueError, match="^C: expected a number > 0"):
+        T.linear_probe_accuracy(hostile_model(0), (x[:40], y[:40]), (x[40:], y[40:]), C=0)
+    with pytest.raises(ValueError, match="^lr: "):
+        T.finetune_accuracy(hostile_model(0), (x[:40], y[:40]), (x[40:], y[40:]), lr=1e300, epochs=1)
+
+
+def test_rank_names_target_data_for_degenerate_features():
+    from workbench.testing import hostile_data, hostile_model
+
+    x, y = hostile_data(0, 40)
+    with pytest.raises(ValueError, match="^target_data: logme of model 'a'.*every feature is constant"):
+        T.rank({"a": hostile_model(0)}, (torch.zeros_like(x), y), ["logme"])
+    with pytest.raises(ValueError, match=r"^metrics: unknown \['nope'\]"):
+        T.rank({"a": hostile_model(0)}, (x, y), ["nope"])
