@@ -6,15 +6,17 @@ so that :func:`save` followed by :func:`load` gives back an equal object, attrs 
 
 Provenance attrs: ``probe``, ``probe_params`` (JSON), ``model_fingerprint``,
 ``data_fingerprint``, ``seed``, ``versions`` (JSON), ``wall_time_s``, ``created``.
+
+A saved file also stores a checksum of its contents (attr ``workbench_checksum``, verified and
+dropped by :func:`load`). Writes are atomic and their leftovers cleaned (:mod:`.files`); fingerprints
+are in :mod:`.fingerprint`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,39 +24,37 @@ import torch
 import xarray as xr
 from torch import nn
 
+from .files import (
+    CHECKSUM_ATTR,
+    DamagedFileError,
+    atomic_write,
+    clean_stale_temps,
+    damaged,
+    stamp_checksum,
+    verify_checksum,
+)
+from .fingerprint import is_shuffled, model_fingerprint, unordered_fingerprint
+
+__all__ = [
+    "save",
+    "load",
+    "concat",
+    "provenance",
+    "versions",
+    "atomic_write",
+    "clean_stale_temps",
+    "DamagedFileError",
+    "model_fingerprint",
+    "unordered_fingerprint",
+    "is_shuffled",
+]
+
 _DA_FLAG = "workbench_dataarray"
 _UNNAMED = "__workbench_unnamed__"
 
 
-_FP_CACHE: dict = {}
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """blake2b (16 hex digits) over names, shapes, dtypes and bytes of all parameters and buffers.
-
-    Cached on the tensors' identities, storage and autograd version counters (any in-place write bumps
-    them), so repeated probes on an unchanged model do not hash its weights again.
-    """
-    named = [(n, t) for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t is not None]
-    key = (id(model), tuple((n, id(t), t._version, t.data_ptr(), tuple(t.shape), str(t.dtype)) for n, t in named))
-    hit = _FP_CACHE.get(key)
-    if hit is not None:
-        return hit
-    h = hashlib.blake2b(digest_size=8)
-    for name, t in named:
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # buffer protocol: no copy
-    fp = h.hexdigest()
-    if len(_FP_CACHE) > 256:
-        _FP_CACHE.clear()
-    _FP_CACHE[key] = fp
-    return fp
-
-
 def versions() -> dict[str, str]:
-    from . import __version__
+    from .. import __version__
 
     return {"workbench": __version__, "torch": torch.__version__, "numpy": np.__version__, "xarray": xr.__version__}
 
@@ -114,10 +114,17 @@ def _check_attrs(attrs: dict, where: str) -> None:
 
 
 def save(obj, path) -> Path:
-    """Write ``obj`` (DataArray or Dataset) to ``path`` as netCDF4 (h5netcdf), atomically.
+    """Write ``obj`` (DataArray or Dataset) to ``path`` as netCDF4 (h5netcdf), atomically, with a checksum.
 
-    The file is written to a temporary name in the same folder and renamed into place, so an
-    interrupted save never leaves a broken or half-written file at ``path``.
+    The file is written to a temporary name in the same folder, its checksum stored in it, fsynced
+    and renamed into place, so an interrupted or killed save never leaves a broken or half-written
+    file at ``path`` (:func:`~workbench.results.files.atomic_write`: an existing file keeps its mode, a
+    symlink is written through).
+
+    >>> import tempfile, pathlib
+    >>> p = save(xr.DataArray([1.0, 2.0], dims="x", attrs={"units": "nats"}), pathlib.Path(tempfile.mkdtemp()) / "r.nc")
+    >>> load(p).attrs
+    {'units': 'nats'}
     """
     path = Path(path)
     if isinstance(obj, xr.DataArray):
@@ -131,47 +138,33 @@ def save(obj, path) -> Path:
     _check_attrs(ds.attrs, "the dataset")
     for name, var in ds.variables.items():
         _check_attrs(var.attrs, f"variable {name!r}")
-    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=False))
+
+    def write(tmp: str) -> None:
+        ds.to_netcdf(tmp, engine="h5netcdf", invalid_netcdf=False)
+        stamp_checksum(tmp)
+
+    return atomic_write(path, write)
 
 
-def atomic_write(path, write) -> Path:
-    """Write a file atomically: ``write(tmp_path)`` fills a temporary file in the same folder, which is
-    then renamed onto ``path``; an interrupted write never leaves a broken or half-written ``path``, and
-    the temporary file is removed. The new file gets the permissions a plain ``open()`` would give.
+def load(path, verify: bool = True):
+    """Read back what :func:`save` wrote (a DataArray if a DataArray was saved).
 
-    >>> import tempfile, pathlib
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "note.txt"
-    >>> _ = atomic_write(p, lambda tmp: pathlib.Path(tmp).write_text("hi"))
-    >>> p.read_text()
-    'hi'
+    ``verify``: check the checksum stored by :func:`save` against the contents first (files without one,
+    written before checksums or by another tool, are read unchecked). A truncated or damaged file raises
+    :class:`~workbench.results.files.DamagedFileError` (a ``ValueError``) naming it. Temporary files
+    that killed writers left in the folder are removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def load(path):
-    """Read back what :func:`save` wrote (a DataArray if a DataArray was saved)."""
-    path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"load: no file at {path}")
-    ds = xr.load_dataset(path, engine="h5netcdf")
+        raise FileNotFoundError(f"path: no file at {path}")
+    clean_stale_temps(Path(os.path.realpath(path)).parent)
+    if verify:
+        verify_checksum(path)
+    try:
+        ds = xr.load_dataset(path, engine="h5netcdf")
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise damaged(path, f"{type(e).__name__}: {e}") from e
+    ds.attrs.pop(CHECKSUM_ATTR, None)
     flag = ds.attrs.get(_DA_FLAG)
     if flag is not None:
         da = ds[flag]
