@@ -134,7 +134,7 @@ class _OneShot(torch.utils.data.IterableDataset):
     "make, exc, words",
     [
         (lambda x, y: _OneShot([(x, y)]), TypeError, ["data: an IterableDataset", "list of batches"]),
-        (lambda x, y: DataLoader(_OneShot([(x, y)]), batch_size=None), ValueError, ["second pass", "one-shot"]),
+        (lambda x, y: DataLoader(_OneShot([(x, y)]), batch_size=None), ValueError, ["yielded 0 samples", "one-shot"]),
         (lambda x, y: TensorDataset(x, y), TypeError, ["data: a Dataset", "DataLoader(dataset"]),
         (lambda x, y: (x, y.float() + 0.5), ValueError, ["data:", "fractional", "class indices"]),
         (lambda x, y: (x, y[:, None]), ValueError, ["data: the targets have shape (12, 1)", "squeeze"]),

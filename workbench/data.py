@@ -149,8 +149,6 @@ class Data:
                 nb += 1
             if n == 0:
                 raise ValueError("data: the data yielded no samples; pass a non-empty DataLoader or pair")
-            if not isinstance(data, (list, tuple)) and next(iter(data), None) is None:
-                raise ValueError(f"data: a second pass over the data yielded nothing: {ONE_SHOT}")
             self.n = n
             self.n_batches = nb
         else:

@@ -199,6 +199,9 @@ def finetune_accuracy(
     classes = np.unique(ytr)
     ytr = torch.as_tensor(np.searchsorted(classes, ytr), device=device)
     yte = torch.as_tensor(_test_index(classes, yte), device=device)
+    # the head's init and train-mode dropout draw from the global RNG: seeded here, so that reading the data
+    # (a DataLoader draws a seed from it per pass) cannot change them
+    torch.default_generator.manual_seed(ctx.seed)
     tensors, trainable = _trainable_copy(model, *_fresh_head(model, head, len(classes)))
     opt = torch.optim.Adam(trainable, lr=lr)
     lf = nn.CrossEntropyLoss()
