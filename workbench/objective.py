@@ -88,6 +88,7 @@ class Objective:
         self.on_batch = on_batch
         self._checked = False
         self._explain = False  # plain (untransformed) calls explain torch's errors on the first batch
+        self._checked_targets = None
         self._plain_ok = False
         self._modules = list(model.modules())
         # parameters outside the probed subset enter detached (no graph through them); computed once
@@ -126,7 +127,9 @@ class Objective:
             if not err:
                 raise
             raise err from e
-        check_targets(out, y, self.loss_fn)  # every batch: a later batch may hold the bad label
+        if y is not self._checked_targets:  # every batch (a later one may hold the bad label), each tensor once
+            check_targets(out, y, self.loss_fn)
+            self._checked_targets = y
         try:
             loss = self.loss_fn(out, y)
         except EXPLAINED as e:
