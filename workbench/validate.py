@@ -7,6 +7,11 @@ accept integral floats (``steps=21.0``) but no other floats, NaN and infinity ar
 validator says otherwise, and counts without a natural bound are capped at :data:`MAX_COUNT` (a
 loop that long never finishes: it is a typo).
 
+:func:`call_error` turns what torch raises about arguments it cannot take (a shape or dtype the model
+does not accept, targets the loss cannot take) into a clear error naming the data, with torch's own
+message kept; an error of the user's own code passes unchanged. :func:`describe` names tensors in
+such messages.
+
 >>> from workbench.validate import count, positive
 >>> count("steps", 21.0), positive("rho", 0.05)
 (21, 0.05)

@@ -38,7 +38,7 @@ import numpy as np
 import xarray as xr
 
 from ..registry import PROBES, ProbeInfo, probes
-from ..tail import TAIL
+from ..tail import TAIL, Cancelled
 from .checks import case_of
 from .fuzz_variants import data_variants, model_variants, value_variants
 
@@ -230,8 +230,6 @@ def _call(info: ProbeInfo, kwargs: dict, timeout: float):
 def run_case(case: FuzzCase, reference: Any, timeout: float = 5.0) -> FuzzResult:
     """Run one case and classify it (``reference``: the result of the unchanged contract case)."""
     info = PROBES[case.probe]
-    from ..tail import Cancelled
-
     sig = inspect.signature(info.func)
     names = {case.target, case.target.removesuffix("s")}  # "direction 0: ..." names the argument directions
     if case.target in ("data", "inputs", "target_data", "train", "test", "loss_fn"):
