@@ -1,3 +1,4 @@
+import json
 import re
 import subprocess
 import sys
@@ -13,7 +14,7 @@ SMALL = {
     "sharpness": dict(k=2, n_hvp=12, n_samples=300),
     "attention": dict(n_examples=16),
     "transferability": dict(metrics=["logme", "leep", "hscore"], n_boot=20),
-    "model_report": dict(steps=5, seeds=2, n_hvp=12, n_samples=300),
+    "model_report": dict(steps=4, seeds=2, n_hvp=12, n_samples=300),  # even: no grid point at alpha = 0
 }
 
 
@@ -47,10 +48,13 @@ def test_report_executes_and_writes_offline_html_and_netcdf(name, executed, zoo_
 
     for v in ds.data_vars:  # every stored result holds numbers, not an empty or all-NaN placeholder
         assert ds[v].size and np.isfinite(ds[v].values.astype(float)).any(), v
+    assert json.loads(ds.attrs["report_params"]) == reports.effective_params(name, SMALL[name])  # all of them
     if name == "model_report":  # the stored numbers are the probes' numbers
         x, y = zoo_built.data("train")
         ev = wb.evaluate(zoo_built.load("mlp-sgd-large-s0"), torch.nn.CrossEntropyLoss(), (x[:300], y[:300]))
         assert float(ds.loss) == float(ev.loss)
+        # the loss rise at alpha = 1 over L(theta) itself, also for an even number of steps
+        assert float(ds.loss_rise) == pytest.approx(float(ds.slice_1d.sel(alpha=1.0).mean("seed")) - float(ev.loss))
     if name != "transferability":  # every headline number beside its range over the model's zoo family
         family = reports.family(reports.parameters(name)["model"].strip("\"'"))
         assert "range over the " + f"{len(family)} " in html and "rank among them" in html
@@ -145,3 +149,56 @@ def test_overview_report_draws_eigenvalues_on_integer_ranks(executed):
     mine = f["data"][-1]
     assert mine["error_y"]["visible"] and "Ritz" in f["layout"]["title"]["text"]
     assert len(f["data"]) == 1 + len(reports.family("mlp-sgd-large-s0")) - 1  # the model and its zoo family
+
+
+def test_sweep_resume_is_keyed_by_all_parameters(tmp_path, zoo_built):
+    """A resumed sweep recomputes the points whose non-grid parameters changed (it reused them before: the
+    results recorded no parameters); an even number of steps works (the loss rise is over L(theta))."""
+    grid = {"steps": [3, 4]}
+    base = dict(model="mlp-sam-s0", seeds=1, n_samples=100, reference=False)
+
+    def run(**kw):
+        res = reports.sweep("landscape", grid, tmp_path, base=dict(base, **kw), workers=1, progress=False)
+        return res, {r["params"]["steps"]: r for r in res["results"]}
+
+    res, by = run()
+    assert {k: r["status"] for k, r in by.items()} == {3: "ok", 4: "ok"}
+    for steps in (3, 4):
+        ds = wb.load(tmp_path / f"landscape__steps-{steps}.nc")
+        assert json.loads(ds.attrs["report_params"]) == dict(reports.effective_params("landscape", base), steps=steps)
+        assert ds.alpha_1d.size == steps and (0.0 in ds.alpha_1d.values) == (steps % 2 == 1)
+        rise = float(ds.slice_1d.sel(alpha_1d=1.0).mean("seed")) - float(ds.loss)
+        assert float(ds.loss_rise) == pytest.approx(rise, rel=1e-12, abs=1e-12)
+    one_seed = wb.load(res["dataset"])
+    assert json.loads(one_seed.attrs["sweep_params"])["seeds"] == 1
+    res, by = run()
+    assert all(r["status"].startswith("skipped") for r in by.values())
+    res, by = run(seeds=2)  # a parameter outside the grid changed: every point is recomputed
+    assert {k: r["status"] for k, r in by.items()} == {3: "ok", 4: "ok"}
+    assert all("seeds 1 -> 2" in r["note"] for r in by.values())
+    two_seeds = wb.load(res["dataset"])
+    assert two_seeds.slice_1d.sizes["seed"] == 2 and json.loads(two_seeds.attrs["sweep_params"])["seeds"] == 2
+    assert float(two_seeds.loss_rise.sel(steps=4)) != float(one_seed.loss_rise.sel(steps=4))
+    (tmp_path / "landscape__steps-3.nc").write_bytes(b"damaged")  # a damaged point is recomputed, not reused
+    res, by = run(seeds=2)
+    assert by[3]["status"] == "ok" and "no parameters" in by[3]["note"] and by[4]["status"].startswith("skipped")
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, "2", True])
+def test_sweep_workers_are_validated(tmp_path, workers):
+    """0 or -1 workers left the sweep waiting forever; now a clear error before any cluster starts."""
+    err = TypeError if not isinstance(workers, int) or isinstance(workers, bool) else ValueError
+    with pytest.raises(err, match=r"^workers: "):
+        reports.sweep("landscape", {"steps": [3]}, tmp_path, workers=workers, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_workers_are_validated():
+    for bad, says in [("0", "at least 1 worker"), ("-1", "at least 1 worker"), ("1.5", "whole number")]:
+        r = subprocess.run(
+            [sys.executable, "-m", "workbench.cli", "sweep", "landscape", "--grid", "steps=3", f"--workers={bad}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 2 and "argument --workers: " in r.stderr and says in r.stderr, r.stderr

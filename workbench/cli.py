@@ -10,6 +10,17 @@ def _kv(pairs):
     return {k: v for k, v in pairs or []}
 
 
+def _workers(text: str) -> int:
+    """``--workers``: a whole number >= 1 (0 or less would leave the sweep waiting for workers forever)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of worker processes >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"need at least 1 worker process, got {n}; pass --workers 1 or more")
+    return n
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="workbench", description="workbench reports and sweeps")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -23,7 +34,7 @@ def main(argv=None) -> int:
     s.add_argument("name")
     s.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...")
     s.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"))
-    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--workers", type=_workers, default=2, help="local worker processes (>= 1)")
     s.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
     s.add_argument("--out", default="reports/sweep")
     sub.add_parser("zoo", help="build the demo zoo and print its summary")

@@ -10,19 +10,23 @@ number beside its range over the model's family in the demo zoo.
 from .inputs import family, family_label, family_models, load_data, load_model
 from .reference import compare, reference_results
 from .runner import (
+    PARAMS_ATTR,
     REPORT_ENV,
     REPORTS_DIR,
     ReportError,
     available,
     check_params,
+    effective_params,
     kernel_name,
     literal,
     parameters,
+    params_json,
+    recorded_params,
     report_path,
     run_report,
     to_html,
 )
-from .sweep import concatenate, grid_points, point_stem, run_point, summary_page, sweep
+from .sweep import check_workers, concatenate, grid_points, point_stem, run_point, summary_page, sweep
 
 __all__ = [
     "run_report",
@@ -30,6 +34,11 @@ __all__ = [
     "available",
     "parameters",
     "check_params",
+    "effective_params",
+    "params_json",
+    "recorded_params",
+    "PARAMS_ATTR",
+    "check_workers",
     "literal",
     "kernel_name",
     "to_html",

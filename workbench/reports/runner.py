@@ -3,21 +3,25 @@
 :func:`run_report` executes one notebook of ``notebooks/reports/`` on the project's kernel and
 writes, side by side in ``out``: the executed ``NAME.ipynb``, a self-contained ``NAME.html`` (input
 cells hidden, plotly.js embedded, no external scripts: it renders offline) and the results
-``NAME.nc``. A failing report raises :class:`ReportError` naming the cell and the error; the partial
-executed notebook is kept with the failing cell marked.
+``NAME.nc``, whose attr ``report_params`` records every parameter of the run (the report's defaults
+with the given values over them) as JSON. A failing report raises :class:`ReportError` naming the
+cell and the error; the partial executed notebook is kept with the failing cell marked.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import time
 from pathlib import Path
 
-from ..results import atomic_write
+from ..results import DamagedFileError, atomic_write, load, save
 
 REPORTS_DIR = Path(__file__).resolve().parents[2] / "notebooks" / "reports"
+#: the attr of a report's results that records all its parameters (JSON)
+PARAMS_ATTR = "report_params"
 #: environment of an executed report: no progress bars (they do not render in static HTML), one
 #: thread per process unless configured, no network
 REPORT_ENV = {"TQDM_DISABLE": "1", "WORKBENCH_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -82,6 +86,36 @@ def check_params(name: str, params: dict) -> dict:
     }
 
 
+def effective_params(name: str, params: dict | None = None) -> dict:
+    """Every parameter of a run of report ``name``: its defaults (parsed as literals) with ``params`` over
+    them (checked by :func:`check_params`), ``results_path`` left out.
+
+    >>> effective_params("landscape", {"steps": "4"})["steps"], effective_params("landscape")["model"]
+    (4, 'mlp-sgd-large-s0')
+    """
+    out = {k: literal(v) for k, v in parameters(name).items()}
+    out.update(check_params(name, dict(params or {})))
+    out.pop("results_path", None)
+    return out
+
+
+def params_json(params: dict) -> str:
+    """The canonical JSON of a run's parameters, as stored in ``report_params`` and compared on resume.
+
+    >>> params_json({"steps": 4, "model": "m"})
+    '{"model": "m", "steps": 4}'
+    """
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def recorded_params(nc: str | Path) -> str | None:
+    """The ``report_params`` a report's results file records, or None (no file, none recorded, or damaged)."""
+    try:
+        return load(nc).attrs.get(PARAMS_ATTR)
+    except (FileNotFoundError, DamagedFileError):
+        return None
+
+
 def kernel_name() -> str:
     """The project's kernel ``workbench`` if registered (``make`` does), else this interpreter's."""
     from jupyter_client.kernelspec import KernelSpecManager
@@ -100,6 +134,7 @@ def run_report(
     import papermill as pm
 
     params = check_params(name, dict(params or {}))
+    recorded = params_json(effective_params(name, params))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stem = stem or name
@@ -131,6 +166,10 @@ def run_report(
             else:
                 os.environ[k] = v
     to_html(nb_out, html_out)
+    if nc_out.exists():  # the results record every parameter of the run
+        res = load(nc_out)
+        res.attrs[PARAMS_ATTR] = recorded
+        save(res, nc_out)
     return {
         "ipynb": str(nb_out),
         "html": str(html_out),

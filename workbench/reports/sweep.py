@@ -1,19 +1,31 @@
 """Sweeps: one report over every combination of a parameter grid, on dask.distributed.
 
-Each point is an isolated papermill run (one failure does not stop the others); completed points
-are skipped on a re-run (resume); the results are concatenated along the swept dimensions into one
-netCDF Dataset with an HTML summary page.
+Each point is an isolated papermill run (one failure does not stop the others). A re-run resumes:
+a completed point is skipped when its results record the same parameters, all of them and not only
+the swept ones (``report_params``, written by :func:`~workbench.reports.runner.run_report`), and is
+recomputed otherwise. The current points' results are concatenated along the swept dimensions into
+one netCDF Dataset with an HTML summary page.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import numbers
 import re
 from pathlib import Path
 
-from ..results import atomic_write, load, save
-from .runner import REPORT_ENV, ReportError, check_params, run_report
+from ..results import DamagedFileError, atomic_write, load, save
+from .runner import (
+    PARAMS_ATTR,
+    REPORT_ENV,
+    ReportError,
+    check_params,
+    effective_params,
+    params_json,
+    recorded_params,
+    run_report,
+)
 
 
 def grid_points(grid: dict) -> list[dict]:
@@ -39,17 +51,52 @@ def point_stem(name: str, combo: dict) -> str:
     return name + "".join(f"__{k}-{clean(v)}" for k, v in combo.items())
 
 
+def _changed(before: str | None, now: str) -> str:
+    if before is None:
+        return "recomputed: its results record no parameters (or are missing or damaged)"
+    a, b = json.loads(before), json.loads(now)
+    diff = [f"{k} {a.get(k, '-')!r} -> {b.get(k, '-')!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return "recomputed: parameters changed (" + ", ".join(diff) + ")"
+
+
 def run_point(name: str, params: dict, out: str, stem: str) -> dict:
-    """Run one sweep point in isolation; never raises (the error is returned)."""
-    done = Path(out) / f"{stem}.done"
-    if done.exists():
-        return {"stem": stem, "status": "skipped (already complete)"}
+    """Run one sweep point in isolation; never raises (the error is returned). A point completed with the
+    same parameters (all of them, as recorded in its results) is skipped; one completed with others is
+    recomputed (``note`` says which changed)."""
+    done, nc = Path(out) / f"{stem}.done", Path(out) / f"{stem}.nc"
+    note = None
     try:
+        want = params_json(effective_params(name, params))
+        if done.exists():
+            have = recorded_params(nc)
+            if have == want:
+                return {"stem": stem, "status": "skipped (already complete)"}
+            note = _changed(have, want)
+            done.unlink()  # no longer complete: a failed recomputation must not leave it marked done
         r = run_report(name, params, out, stem=stem)
-        done.write_text(json.dumps(r))
-        return {"stem": stem, "status": "ok", **r}
+        atomic_write(done, lambda tmp: Path(tmp).write_text(json.dumps(r)))
+        return {"stem": stem, "status": "ok", **r, **({"note": note} if note else {})}
     except Exception as e:  # isolated: report it, keep going
         return {"stem": stem, "status": "failed", "error": str(e).splitlines()[0]}
+
+
+def check_workers(workers) -> int:
+    """``workers`` as a whole number of worker processes >= 1 (a clear error otherwise: 0 or less would hang).
+
+    >>> check_workers(2)
+    2
+    >>> check_workers(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: workers: need at least 1 worker process, got 0; pass workers=1 or more (or scheduler=...)
+    """
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral):
+        raise TypeError(f"workers: expected a whole number of worker processes >= 1, got {workers!r}")
+    if workers < 1:
+        raise ValueError(
+            f"workers: need at least 1 worker process, got {workers}; pass workers=1 or more (or scheduler=...)"
+        )
+    return int(workers)
 
 
 def sweep(
@@ -65,21 +112,22 @@ def sweep(
     """Run report ``name`` for every combination of ``grid`` (dict key -> list of values) on dask.distributed.
 
     A LocalCluster of ``workers`` single-threaded processes by default, or an existing cluster at
-    ``scheduler``. Completed points are skipped on a re-run (resume). ``progress``: a line per
+    ``scheduler``. A re-run resumes: points completed with the same parameters (grid and ``base``
+    values and the report's defaults) are skipped, the others recomputed. ``progress``: a line per
     finished point. Returns {"results": [...], "dataset": path of the concatenated .nc or None,
     "summary": path of the HTML page or None}.
     """
     from dask.distributed import Client, LocalCluster, as_completed
 
+    workers = check_workers(workers)
     if not grid or any(not isinstance(v, (list, tuple)) or not v for v in grid.values()):
         raise ReportError("grid: expected a dict parameter -> non-empty list of values")
     for k in grid:
         check_params(name, {k: grid[k][0]})
-    if base:
-        check_params(name, base)
+    base = check_params(name, dict(base or {}))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(dict(base or {}, **c), point_stem(name, c), c) for c in grid_points(grid)]
+    jobs = [(dict(base, **c), point_stem(name, c), c) for c in grid_points(grid)]
     results = []
     if scheduler:
         client, cluster = Client(scheduler), None
@@ -95,7 +143,7 @@ def sweep(
             r["params"] = futs[f]
             results.append(r)
             if progress:
-                err = f" - {r['error']}" if r.get("error") else ""
+                err = f" - {r['error']}" if r.get("error") else f" - {r['note']}" if r.get("note") else ""
                 print(f"[{len(results)}/{len(jobs)}] {r['stem']}: {r['status']}{err}", flush=True)
     finally:
         client.close()
@@ -106,15 +154,22 @@ def sweep(
 
 
 def concatenate(name: str, grid: dict, jobs: list, out: Path) -> tuple[str | None, str | None]:
-    """The completed points' results along the swept dimensions: (path of the .nc, path of the summary page)."""
+    """The current points' results (complete, readable, and recording the parameters of their job) along the
+    swept dimensions: (path of the .nc, path of the summary page). The dataset's ``sweep_params`` records
+    the parameters common to every point (JSON)."""
     import xarray as xr
 
     parts = []
-    for _, stem, combo in jobs:
+    for params, stem, combo in jobs:
         p = out / f"{stem}.nc"
         if not (out / f"{stem}.done").exists() or not p.exists():
             continue
-        ds = load(p)
+        try:
+            ds = load(p)
+        except DamagedFileError:
+            continue
+        if ds.attrs.get(PARAMS_ATTR) != params_json(effective_params(name, params)):
+            continue  # stale: computed with other parameters
         ds = ds.to_dataset(name=ds.name or "result") if isinstance(ds, xr.DataArray) else ds
         parts.append(ds.expand_dims({k: [v] for k, v in combo.items()}))
     if not parts:
@@ -122,8 +177,9 @@ def concatenate(name: str, grid: dict, jobs: list, out: Path) -> tuple[str | Non
     # the other dims (e.g. a model's zoo family) aligned first: only the swept dims are concatenated
     parts = xr.align(*parts, join="outer", exclude=list(grid))
     merged = xr.combine_by_coords(parts, join="outer", combine_attrs="drop_conflicts", data_vars="all")
-    merged.attrs = {k: v for k, v in merged.attrs.items() if isinstance(v, (str, int, float))}
-    merged.attrs.update(report=name, swept=",".join(grid))
+    merged.attrs = {k: v for k, v in merged.attrs.items() if isinstance(v, (str, int, float)) and k != PARAMS_ATTR}
+    common = {k: v for k, v in effective_params(name, jobs[0][0]).items() if k not in grid}
+    merged.attrs.update(report=name, swept=",".join(grid), sweep_params=params_json(common))
     path = save(merged, out / f"{name}__sweep.nc")
     return str(path), str(summary_page(merged, list(grid), out / f"{name}__sweep.html"))
 
