@@ -228,12 +228,12 @@ def stamp_checksum(path: str | os.PathLike) -> str:
         ours = [k for k in _fields(buf) if buf[k : k + len(_ZEROS)] == _ZEROS]
     finally:
         _close(buf)
-    fd = os.open(path, os.O_WRONLY)
-    try:
+    if not ours:
+        raise RuntimeError(f"path: the checksum placeholder written into {path} is not in its bytes")
+    with open(path, "r+b") as fh:  # the digits overwritten in place: the file's layout does not change
         for k in ours:
-            os.pwrite(fd, digest.encode(), k)
-    finally:
-        os.close(fd)
+            fh.seek(k)
+            fh.write(digest.encode())
     return digest
 
 
