@@ -19,7 +19,19 @@ import workbench
 from workbench.registry import probes
 
 ROOT = Path(workbench.__file__).parent
-ENGINE = {"config", "state", "params", "data", "objective", "capture", "results", "registry", "tail", "testing"}
+ENGINE = {
+    "config",
+    "state",
+    "params",
+    "data",
+    "objective",
+    "capture",
+    "results",
+    "registry",
+    "tail",
+    "testing",
+    "validate",
+}
 PROBE_PACKAGES = {"evaluate", "landscape", "curvature", "sharpness", "attention", "transfer"}
 FRONT = {"plots", "widgets", "reports", "cli", "main"}
 MAX_LINES = 400

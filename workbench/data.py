@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
+from .results.fingerprint import is_shuffled, unordered_fingerprint
+
 __all__ = ["Data", "as_data", "batch_len", "to_device", "input_batches", "call_model"]
 
 ONE_SHOT = (
@@ -213,7 +215,11 @@ class Data:
         return _cat(xs), _cat(ys)
 
     def fingerprint(self) -> str:
-        """sha256 (16 hex digits) over the bytes of every input and target tensor, in order."""
+        """sha256 (16 hex digits) over the bytes of every input and target tensor, in order; for a loader that
+        shuffles, an order-independent fingerprint of its samples
+        (:func:`workbench.results.fingerprint.unordered_fingerprint`), the same on every pass."""
+        if self._source is not None and is_shuffled(self._source):
+            return unordered_fingerprint(self._raw_batches())
         h = hashlib.sha256()
         it = [(self._pair[0], self._pair[1])] if self._pair is not None else ((x, y) for x, y, _ in self._raw_batches())
         for x, y in it:

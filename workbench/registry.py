@@ -42,7 +42,7 @@ widget job ends, rather than failing and having to be run again. Ctrl-C (``Keybo
 probe's own ``cancel`` event (:class:`Cancelled`) ends the wait; :func:`lock_holder` says who holds a model.
 
 Interrupts are never swallowed: an interrupt that torch's C++ code turned into a ``RuntimeError``
-(:func:`workbench.tail.interrupt_in`) leaves the probe as the interrupt, and the clean-up (RNG states,
+(:func:`workbench.validate.interrupt_in`) leaves the probe as the interrupt, and the clean-up (RNG states,
 the state guard, the locks) runs to completion under a second Ctrl-C (:func:`workbench.state.run_shielded`).
 
 Registration records :class:`Tags` (what a probe needs) and an optional *contract case*, a small
@@ -76,10 +76,10 @@ from .tail import (  # noqa: F401  (the tail, re-exported)
     Cancelled,
     Context,
     check_tail,
-    interrupt_in,
     isolated_rng,
     surfacing_interrupts,
 )
+from .validate import interrupt_in
 
 #: argument names that hold what the probe is *about* (not recorded in probe_params)
 SUBJECTS = ("model", "model_a", "model_b", "models", "loss_fn", "data", "inputs", "target_data")

@@ -24,8 +24,6 @@ from torch import nn
 from .objective import Objective
 from .state import run_shielded
 
-_INTERRUPTS = (KeyboardInterrupt, SystemExit, GeneratorExit)
-
 TAIL_DEFAULTS: dict[str, Any] = {
     "mode": "eval",
     "params": None,
@@ -220,32 +218,6 @@ def isolated_rng(seed: int):
         yield
     finally:
         run_shielded(_set_rng_states, states)
-
-
-def interrupt_in(exc: BaseException) -> BaseException | None:
-    """The interrupt (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``) in an exception's
-    ``__cause__`` / ``__context__`` chain or only named in its message (torch's C++ autograd turns a Ctrl-C
-    during a backward pass into a ``RuntimeError`` reading ``"KeyboardInterrupt: ..."``), or None. A
-    fallback must raise it, never handle it.
-
-    >>> interrupt_in(RuntimeError("The following operation failed ...\\nKeyboardInterrupt: \\n"))
-    KeyboardInterrupt('raised inside torch: The following operation failed ...')
-    >>> interrupt_in(RuntimeError("shape mismatch")) is None
-    True
-    """
-    seen, e = set(), exc
-    while e is not None and id(e) not in seen:
-        if isinstance(e, _INTERRUPTS):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    text, todo = str(exc), list(_INTERRUPTS)
-    while todo:  # the interrupt classes and their subclasses (workbench.Cancelled, ...), by name
-        cls = todo.pop()
-        if f"{cls.__name__}: " in text or text.rstrip().endswith(cls.__name__):
-            return cls(f"raised inside torch: {text.splitlines()[0][:200]}")
-        todo += cls.__subclasses__()
-    return None
 
 
 @contextlib.contextmanager

@@ -275,9 +275,39 @@ def call_error(e: BaseException, arg: str, what: str, hint: str, also: tuple[str
     its argument), which must pass unchanged. ``also``: files whose frames call torch for the model (a
     ``TorchFunctionMode``), counted as torch's.
     """
-    if not isinstance(e, EXPLAINED) or "KeyboardInterrupt" in str(e) or not _raised_in_torch(e, also):
+    if not isinstance(e, EXPLAINED) or interrupt_in(e) is not None or not _raised_in_torch(e, also):
         return None
     if isinstance(e, (ValueError, TypeError)) and re.match(r"[A-Za-z_][\w\[\]'. ]{0,40}: ", str(e)):
         return None  # already a clear error of workbench's
     first = (str(e).strip().splitlines() or [""])[0][:300]
     return ValueError(f"{arg}: {what}: {type(e).__name__}: {first}. {hint}")
+
+
+#: exceptions that are never handled, only passed on
+INTERRUPTS = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def interrupt_in(exc: BaseException) -> BaseException | None:
+    """The interrupt (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``) in an exception's
+    ``__cause__`` / ``__context__`` chain or only named in its message (torch's C++ autograd turns a Ctrl-C
+    during a backward pass into a ``RuntimeError`` reading ``"KeyboardInterrupt: ..."``), or None. A
+    fallback must raise it, never handle it.
+
+    >>> interrupt_in(RuntimeError("The following operation failed ...\\nKeyboardInterrupt: \\n"))
+    KeyboardInterrupt('raised inside torch: The following operation failed ...')
+    >>> interrupt_in(RuntimeError("shape mismatch")) is None
+    True
+    """
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, INTERRUPTS):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    text, todo = str(exc), list(INTERRUPTS)
+    while todo:  # the interrupt classes and their subclasses (workbench.Cancelled, ...), by name
+        cls = todo.pop()
+        if f"{cls.__name__}: " in text or text.rstrip().endswith(cls.__name__):
+            return cls(f"raised inside torch: {text.splitlines()[0][:200]}")
+        todo += cls.__subclasses__()
+    return None

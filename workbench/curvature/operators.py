@@ -32,7 +32,7 @@ from scipy.sparse.linalg import LinearOperator
 from torch.func import grad, jvp, vmap
 
 from ..objective import Objective
-from ..tail import interrupt_in
+from ..validate import interrupt_in
 
 ENGINES = ("auto", "func", "double_backward")
 

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from ..results import DamagedFileError, atomic_write, load, save
+from ..validate import interrupt_in
 from .runner import (
     PARAMS_ATTR,
     REPORT_ENV,
@@ -76,7 +77,9 @@ def run_point(name: str, params: dict, out: str, stem: str) -> dict:
         r = run_report(name, params, out, stem=stem)
         atomic_write(done, lambda tmp: Path(tmp).write_text(json.dumps(r)))
         return {"stem": stem, "status": "ok", **r, **({"note": note} if note else {})}
-    except Exception as e:  # isolated: report it, keep going
+    except Exception as e:  # isolated: report it, keep going (an interrupt that torch wrapped goes on up)
+        if interrupt_in(e) is not None:
+            raise
         return {"stem": stem, "status": "failed", "error": str(e).splitlines()[0]}
 
 

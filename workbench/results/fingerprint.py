@@ -1,8 +1,10 @@
 """Fingerprints recorded in provenance: of a model's weights, and of a set of samples in any order.
 
 :func:`model_fingerprint` hashes every parameter and buffer. The parameters' part is cached per module
-in a ``WeakKeyDictionary`` (an entry dies with its module: a new model at a recycled address never
-inherits another model's fingerprint) and is reused only while every parameter is the same object with
+by the module's id with a weak reference to the module (an entry is used only while that reference
+still points to the module, so a new model at a recycled address never inherits another model's
+fingerprint; no weakref callback, which could swallow a Ctrl-C, and dead entries are dropped lazily)
+and is reused only while every parameter is the same object with
 the same autograd version counter, storage pointer and a strided sample of its values (so ``.data``
 writes that bypass the version counter are seen). Buffers (BatchNorm running statistics, which forward
 passes update without bumping a version counter) are small and hashed on every call.
@@ -25,7 +27,7 @@ from torch import nn
 __all__ = ["model_fingerprint", "unordered_fingerprint", "is_shuffled"]
 
 _SAMPLE = 16  # values per parameter compared on each cache lookup
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CACHE: dict[int, tuple] = {}  # id(module) -> (weakref to the module, key, weakrefs to parameters, hash state)
 _LOCK = threading.Lock()
 
 
@@ -73,15 +75,18 @@ def model_fingerprint(model: nn.Module) -> str:
         _samples([t for _, t in params]),
     )
     with _LOCK:
-        hit = _CACHE.get(model)
-    if hit is not None and hit[0] == key and all(r() is t for r, (_, t) in zip(hit[1], params)):
-        h = hit[2].copy()
+        hit = _CACHE.get(id(model))
+    if hit is not None and hit[0]() is model and hit[1] == key and all(r() is t for r, (_, t) in zip(hit[2], params)):
+        h = hit[3].copy()
     else:
         h = hashlib.blake2b(digest_size=8)
         for name, t in params:
             _update(h, name, t)
         with _LOCK:
-            _CACHE[model] = (key, tuple(weakref.ref(t) for _, t in params), h.copy())
+            if len(_CACHE) > 256:  # drop the entries of models that are gone
+                for k in [k for k, v in _CACHE.items() if v[0]() is None]:
+                    del _CACHE[k]
+            _CACHE[id(model)] = (weakref.ref(model), key, tuple(weakref.ref(t) for _, t in params), h.copy())
     for name, t in buffers:
         _update(h, name, t)
     return h.hexdigest()
