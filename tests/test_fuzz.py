@@ -19,7 +19,9 @@ def test_every_probe_gets_a_clear_error_or_the_right_result(report, capsys):
         print("\n" + report.table())
     counts = report.counts()
     assert len(report.results) >= 800
-    assert {r.case.probe for r in report.results} == set(probes())
+    assert {r.case.probe for r in report.results} == {
+        n for n, i in probes().items() if i.func.__module__.startswith("workbench.")
+    }
     bad = [f"{r.outcome}: {r.case.probe} {r.case.target}={r.case.variant}: {r.detail}" for r in report.failures()]
     assert bad == [], "\n".join(bad[:40])
     assert counts["deep_crash"] == 0 and counts["silent_wrong"] == 0

@@ -190,7 +190,7 @@ def test_train_mode_never_moves_running_statistics():
 
 
 def test_an_interrupt_inside_torch_is_recognised():
-    from workbench.tail import interrupt_in
+    from workbench.validate import interrupt_in
 
     msg = "The following operation failed in the TorchScript interpreter.\nRuntimeError: KeyboardInterrupt: \n"
     assert isinstance(interrupt_in(RuntimeError(msg)), KeyboardInterrupt)

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..config import threads
 from ..results import atomic_write
+from ..validate import interrupt_in
 from . import transfer as _transfer
 from .datasets import digits
 from .models import build as build_arch
@@ -141,7 +142,9 @@ def _cached(name: str) -> dict | None:
         return None
     try:
         rec = torch.load(p, weights_only=True, map_location="cpu")
-    except Exception:  # a file from an older format or a broken copy: rebuild it
+    except Exception as e:  # a file from an older format or a broken copy: rebuild it (an interrupt goes on up)
+        if interrupt_in(e) is not None:
+            raise
         return None
     return rec if rec.get("spec_hash") == _spec_hash(CATALOG[name]) else None
 
