@@ -71,46 +71,16 @@ def train(
     trained different ways end at comparable training loss. The initialisation is drawn from torch's
     global RNG seeded with ``seed`` inside :func:`torch.random.fork_rng`: the caller's RNG is untouched.
     """
+    settings = dict(locals())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _train(
-            arch,
-            arch_kwargs,
-            optimizer,
-            lr,
-            momentum,
-            batch_size,
-            epochs,
-            seed,
-            rho,
-            target_loss,
-            n_checkpoints,
-            data,
-            test_data,
-            weight_decay,
-            grad_clip,
-            progress,
-        )
+        return _train(**settings)
 
 
 def _train(
-    arch,
-    arch_kwargs,
-    optimizer,
-    lr,
-    momentum,
-    batch_size,
-    epochs,
-    seed,
-    rho,
-    target_loss,
-    n_checkpoints,
-    data,
-    test_data,
-    weight_decay,
-    grad_clip,
-    progress,
-):
+    arch, arch_kwargs, optimizer, lr, momentum, batch_size, epochs, seed, rho, target_loss, n_checkpoints, data,
+    test_data, weight_decay, grad_clip, progress,
+):  # fmt: skip
     gen = torch.Generator().manual_seed(seed)
     model = build(arch, **(arch_kwargs or {}))
     x, y = data if data is not None else digits("train")
