@@ -590,3 +590,57 @@ def test_fewer_or_unconverged_eigenvalues_come_with_a_warning_and_a_converged_va
         warnings.simplefilter("error")  # the converged case says nothing
         ok = S.hessian_eigenvalues(q, mean_out, DUMMY, k=3, progress=False)
     assert bool(ok.converged.all())
+
+
+def _tiny_bert(attn, path=None):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    if path is None:
+        cfg = BertConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=16,
+            num_labels=3,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return BertForSequenceClassification(cfg)
+    return BertForSequenceClassification.from_pretrained(path, attn_implementation=attn, dtype=torch.float64).eval()
+
+
+class _Logits(nn.Module):
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, input_ids, attention_mask):
+        return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def test_hvp_probes_run_on_an_sdpa_transformer_and_equal_its_eager_twin(tmp_path, monkeypatch):
+    """HF BERT under sdpa (a fused CPU kernel without a second derivative): curvature runs through the math backend
+    and equals the exact Hessian of the same weights under eager attention; without the switch it fails."""
+    import contextlib
+
+    import workbench.curvature.operators as ops
+
+    _tiny_bert(None).save_pretrained(tmp_path)
+    sdpa, eager = _Logits(_tiny_bert("sdpa", tmp_path)), _Logits(_tiny_bert("eager", tmp_path))
+    assert sdpa.hf.config._attn_implementation == "sdpa"
+    g = torch.Generator().manual_seed(1)
+    ids, mask = torch.randint(1, 50, (6, 8), generator=g), torch.ones(6, 8, dtype=torch.long)
+    mask[2, 5:] = 0
+    data = ({"input_ids": ids, "attention_mask": mask}, torch.randint(0, 3, (6,), generator=g))
+    lf, P = nn.CrossEntropyLoss(), r"attention\.self\.(query|key)\."
+    H = S.exact_hessian(eager, lf, data, params=P, progress=False).values
+    top = np.linalg.eigvalsh(H)[::-1][:2]
+    r = S.hessian_eigenvalues(sdpa, lf, data, k=2, params=P, tol=1e-6, progress=False)
+    np.testing.assert_allclose(r.eigenvalue.values, top, rtol=1e-6)
+    tr = S.hessian_trace(sdpa, lf, data, method="exact", params=P, progress=False)
+    assert float(tr) == pytest.approx(np.trace(H), rel=1e-9)
+    monkeypatch.setattr(ops, "sdpa_kernel", lambda *a: contextlib.nullcontext())  # the fused kernel, as before
+    with pytest.raises(Exception, match="derivative|not implemented"):
+        S.hessian_eigenvalues(sdpa, lf, data, k=2, params=P, engine="double_backward", progress=False)

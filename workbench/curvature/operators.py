@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
 from torch.func import grad, jvp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..objective import Objective
 from ..validate import interrupt_in
@@ -185,7 +186,13 @@ class HessianOperator(CurvatureOperator):
         return out
 
     def product(self, V: torch.Tensor) -> torch.Tensor:
-        """``H v`` for every row ``v`` of ``V``, sample-weighted over the objective's batches."""
+        """``H v`` for every row ``v`` of ``V``, sample-weighted over the objective's batches. Attention runs
+        through ``scaled_dot_product_attention``'s math backend here (the fused kernels have no second
+        derivative); the caller's backend choice is restored afterwards."""
+        with sdpa_kernel(SDPBackend.MATH):
+            return self._product(V)
+
+    def _product(self, V: torch.Tensor) -> torch.Tensor:
         if self.engine == "double_backward":
             return self._double_backward(V)
         if self.engine == "func":
