@@ -12,6 +12,7 @@ are put back, so an Objective can be used outside a probe.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -113,32 +114,32 @@ class Objective:
         with modes(self.model, self.mode, self._modules):
             return forward(self.model, self.base() if tensors is None else tensors, inputs)
 
+    @contextlib.contextmanager
+    def _explained(self, arg: str, what, hint: str):
+        """Re-raise an error torch raised on arguments it cannot take as a ValueError naming ``arg``
+        (:func:`workbench.validate.call_error`); anything else (the user's own error, an interrupt) unchanged."""
+        try:
+            yield
+        except EXPLAINED as e:
+            err = self._explain and call_error(e, arg, what(), hint)
+            if not err:
+                raise
+            raise err from e
+
     def batch_loss(self, theta_dict: dict, x, y, base: dict | None = None):
         """(mean loss of one batch, outputs) at the parameters ``theta_dict`` (by name) over ``base``."""
         tensors = dict(self.base() if base is None else base)
         tensors.update(theta_dict)
-        try:
+        with self._explained("data", lambda: f"the model's forward failed on inputs {describe(x)}",
+                             "Pass inputs the model takes."):  # fmt: skip
             with modes(self.model, self.mode, self._modules):
                 out = forward(self.model, tensors, x)
-        except EXPLAINED as e:
-            err = self._explain and call_error(
-                e, "data", f"the model's forward failed on inputs {describe(x)}", "Pass inputs the model takes."
-            )
-            if not err:
-                raise
-            raise err from e
         if y is not self._checked_targets:  # every batch (a later one may hold the bad label), each tensor once
             check_targets(out, y, self.loss_fn)
             self._checked_targets = y
-        try:
+        with self._explained("loss_fn", lambda: f"failed on outputs {describe(out)} and targets {describe(y)}",
+                             "Check the targets."):  # fmt: skip
             loss = self.loss_fn(out, y)
-        except EXPLAINED as e:
-            err = self._explain and call_error(
-                e, "loss_fn", f"failed on outputs {describe(out)} and targets {describe(y)}", "Check the targets."
-            )
-            if not err:
-                raise
-            raise err from e
         if not self._checked:
             _check_loss_value(loss)
             self._checked = True

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import as_data
 from .objective import Objective
 from .state import run_shielded
 
@@ -152,6 +153,12 @@ class Context:
                 self.check_cancel()
                 yield item
                 bar.update()
+
+    def adopt_data(self, data: Any):
+        """``data`` through the one adapter (:func:`workbench.data.as_data`), recorded as the call's data: its
+        fingerprint goes into the provenance (for probes whose data is not their Objective's)."""
+        self.data = as_data(data)
+        return self.data
 
     def record(self, **kw) -> None:
         """Extra entries for ``probe_params`` (e.g. the number of samples)."""

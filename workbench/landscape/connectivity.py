@@ -124,9 +124,7 @@ def interpolate(
     >>> r.loss.dims, sorted(k for k in r.attrs if k.startswith("barrier"))
     (('t',), ['barrier', 'barrier_simple'])
     """
-    obj = ctx.objective(model=model_a)  # the call's own objective is the one of ``model``; this is model_a's
-    ctx.data = obj.data  # so that the decorator records the data fingerprint
-    ctx.record(n_samples=obj.data.n, n_params=obj.space.numel)
+    obj = ctx.objective()  # model_a's: its data fingerprint and sizes are recorded
     space_b = ParamSpace(model_b, ctx.params, arg="model_b")
     check_same_space(obj.space, space_b)
     if space_b.device != obj.device:

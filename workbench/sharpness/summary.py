@@ -9,7 +9,6 @@ import xarray as xr
 from torch import nn
 
 from ..curvature import hessian_eigenvalues, hessian_trace
-from ..data import as_data
 from ..evaluate import evaluate
 from ..registry import Tags, probe
 from ..testing import hostile_data, hostile_model
@@ -131,7 +130,7 @@ def summary(
     items, single = _items(models)
     k, n_hvp, n_draws = integer("k", k, lo=1), count("n_hvp", n_hvp, lo=4), count("n_draws", n_draws, lo=2)
     rho, adaptive_rho = real("rho", rho, lo=0.0), real("adaptive_rho", adaptive_rho, lo=0.0)
-    ctx.data = as_data(data)
+    ctx.adopt_data(data)
     tail = dict(mode=ctx.mode, params=ctx.params, device=ctx.device, cancel=ctx.cancel, progress=False)
     rows = []
     with ctx.bar(7 * len(items), "sharpness summary") as bar:

@@ -16,7 +16,6 @@ from scipy.stats import kendalltau, pearsonr, weightedtau
 from torch import nn
 
 from ..capture import POOLS, chunks
-from ..data import as_data
 from ..params import model_device_dtype
 from ..registry import Tags, probe
 from ..testing import hostile_data, hostile_model
@@ -127,7 +126,7 @@ def rank(
     elif layers is not None:
         layers = name_list("layers", layers, min_size=1)
     x, y = labelled(target_data, "target_data", dtype=model_device_dtype(next(iter(models.values())))[1])
-    ctx.data = as_data((x, torch.as_tensor(class_labels(y, len(y))[0])))  # fingerprinted in the provenance
+    ctx.adopt_data((x, torch.as_tensor(class_labels(y, len(y))[0])))
     rows = {}
     kw = dict(pool=pool, return_outputs=True, progress=False, cancel=ctx.cancel, device=ctx.device)
     for name, model in ctx.iterate(models.items(), total=len(models), desc="scoring models"):
