@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 import xarray as xr
 from numpy.typing import ArrayLike
 from torch import nn
@@ -18,29 +19,40 @@ from torch import nn
 from ..registry import probe
 from ..testing import hostile_case
 from ..validate import choice, count, finite_array, positive
-from .lanczos import STOCHASTIC, lanczos
+from .lanczos import REORTH, STOCHASTIC, lanczos
 from .operators import ENGINES, HessianOperator
-from .probing import finite_products, rademacher
+from .probing import BASES, finite_products, rademacher, resolve_basis, working_dtype
 
 
 def slq(
-    matvec: Callable[[np.ndarray], np.ndarray], P: int, n_runs: int, m: int, rng: np.random.Generator
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    P: int,
+    n_runs: int,
+    m: int,
+    rng: np.random.Generator,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
+    basis: str = "auto",
+    reorth: str = "full",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stochastic Lanczos quadrature: for each of ``n_runs`` Rademacher starts, ``m`` Lanczos steps give
-    nodes ``lambda_k`` (eigenvalues of T) and weights ``tau_k = u_k[0]^2`` (they sum to 1). Returns
-    (nodes, weights), each of shape ``(n_runs, m)`` (NaN nodes, zero weights where Lanczos stopped early).
+    """Stochastic Lanczos quadrature: for each of ``n_runs`` Rademacher starts (on ``device`` in ``dtype``),
+    ``m`` Lanczos steps (:func:`~workbench.curvature.lanczos`, with its ``basis`` and ``reorth``) give nodes
+    ``lambda_k`` (eigenvalues of T) and weights ``tau_k = u_k[0]^2`` (they sum to 1). Returns (nodes, weights),
+    each of shape ``(n_runs, m)`` (NaN nodes, zero weights where Lanczos stopped early).
 
-    >>> import numpy as np
+    >>> import numpy as np, torch
     >>> from workbench.curvature import slq
-    >>> nodes, w = slq(lambda v: np.diag([1.0, 2.0, 3.0]) @ v, 3, 2, 3, np.random.default_rng(0))
+    >>> A = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    >>> nodes, w = slq(lambda v: A @ v, 3, 2, 3, np.random.default_rng(0))
     >>> np.round(nodes, 6).tolist(), np.round(w.sum(1), 6).tolist()
     ([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]], [1.0, 1.0])
     """
     nodes = np.full((n_runs, m), np.nan)
     weights = np.zeros((n_runs, m))
     for r in range(n_runs):
-        v = rademacher(rng, P)
-        res = lanczos(matvec, v, m, keep_basis=True)
+        v = rademacher(rng, P, device, dtype)
+        res = lanczos(matvec, v, m, keep_basis=False, basis=basis, reorth=reorth)
         vals, U = np.linalg.eigh(res.tridiagonal())
         nodes[r, : len(vals)] = vals
         weights[r, : len(vals)] = U[0] ** 2
@@ -119,6 +131,8 @@ def spectral_density(
     sigma: float | None = None,
     grid: ArrayLike | None = None,
     n_grid: int = 400,
+    basis: str = "auto",
+    reorth: str = "full",
     engine: str = "auto",
     ctx,
 ) -> xr.DataArray:
@@ -129,7 +143,9 @@ def spectral_density(
     ``sigma`` defaults to 1 % of the node range. The nodes and weights are kept in attrs
     (``slq_nodes``, ``slq_weights``, shape n_runs x n_lanczos flattened) so the density can be
     re-smoothed at any width without new HVPs (:func:`density_from_nodes`). The density integrates to
-    1 and its first moment is a Hutchinson estimate of ``tr(H) / P``. attrs: ``n_hvp``.
+    1 and its first moment is a Hutchinson estimate of ``tr(H) / P``. attrs: ``n_hvp``. The Lanczos runs
+    are torch-native on the model's device; ``basis`` and ``reorth`` as for :func:`lanczos` (the storage
+    ``"auto"`` chose is recorded in ``probe_params``).
 
     >>> import numpy as np, torch
     >>> from workbench.curvature import spectral_density
@@ -146,6 +162,8 @@ def spectral_density(
     if grid is not None:
         finite_array("grid", grid)
     count("n_grid", n_grid, lo=2)
+    choice("basis", basis, BASES)
+    choice("reorth", reorth, REORTH)
     choice("engine", engine, ENGINES)
     obj = ctx.objective()
     obj.loss()  # a clear error for bad inputs or a non-finite loss before any Hessian-vector product
@@ -154,7 +172,11 @@ def spectral_density(
     ctx.record(n_lanczos=m)
     with ctx.bar(n_runs * m, "spectral density (SLQ)") as bar:
         op = HessianOperator(obj, engine=engine, callback=bar.update)
-        nodes, weights = slq(finite_products(op.matvec_np, obj), P, n_runs, m, ctx.rng)
+        on = {"device": op.device, "dtype": working_dtype(op.dtype)}
+        if basis == "auto":  # the storage for all runs, recorded with the call
+            basis = resolve_basis(basis, P, m, op.device, on["dtype"])
+        ctx.record(basis=basis)
+        nodes, weights = slq(finite_products(op.matvec, obj), P, n_runs, m, ctx.rng, basis=basis, reorth=reorth, **on)
     da = density_from_nodes(nodes, weights, sigma=sigma, grid=grid, n_grid=n_grid)
     da.attrs["n_hvp"] = int(op.n_products)
     return da

@@ -1,107 +1,161 @@
-"""Extreme Hessian eigenvalues by Lanczos with full reorthogonalisation, and Ritz pairs.
+"""Extreme Hessian eigenvalues by Lanczos with full or selective reorthogonalisation, and Ritz pairs.
 
-:func:`lanczos` and :func:`ritz` work on any symmetric operator given by a float64 numpy mat-vec;
-the probe :func:`hessian_eigenvalues` applies them (or ``scipy.sparse.linalg.eigsh``) to the Hessian
-of the data loss (:class:`~workbench.curvature.HessianOperator`).
+:func:`lanczos` and :func:`ritz` work on any symmetric operator given by a torch mat-vec on its device (the
+basis in float32 or float64, on the device or in host memory: :class:`~workbench.curvature.probing.KrylovBasis`);
+the probe :func:`hessian_eigenvalues` applies them to the Hessian of the data loss
+(:class:`~workbench.curvature.HessianOperator`). scipy's ``eigsh`` stays available through
+``HessianOperator(...).to_scipy()`` as a cross-check.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 import xarray as xr
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import nn
 
 from ..registry import Tags, probe
 from ..testing import hostile_case
 from ..validate import boolean, choice, count, finite_nonneg, integer
 from .operators import ENGINES, HessianOperator
-from .probing import finite_products, rademacher
+from .probing import BASES, KrylovBasis, finite_products, rademacher, working_dtype
 
 STOCHASTIC = Tags(inputs="pair", stochastic=True, uses=("mode", "params", "seed", "device"))
+REORTH = ("full", "selective")
 
 
 @dataclass
 class LanczosResult:
-    """The tridiagonal ``T`` of a Lanczos run: diagonal ``alpha``, off-diagonal ``beta``, the basis ``Q``
-    (``(P, m)``, or None when not kept) and the number of mat-vecs."""
+    """The tridiagonal ``T`` of a Lanczos run: diagonal ``alpha``, off-diagonal ``beta`` (float64 numpy), the
+    basis ``Q`` (a torch ``(P, m)`` view of the stored vectors, or None when not kept), the number of mat-vecs,
+    the basis storage used (``basis``: ``"float64"``, ``"float32"``, ``"host-float64"`` or ``"host-float32"``),
+    the reorthogonalisation (``reorth``) and ``basis_reads``, the stored vectors read back by it."""
 
     alpha: np.ndarray
     beta: np.ndarray
-    Q: np.ndarray | None
+    Q: torch.Tensor | None
     n_matvec: int
+    basis: str = "float64"
+    reorth: str = "full"
+    basis_reads: int = 0
+    store: KrylovBasis | None = field(default=None, repr=False)
 
     def tridiagonal(self) -> np.ndarray:
         """``T`` as a dense ``(m, m)`` array."""
         m = len(self.alpha)
         return np.diag(self.alpha) + np.diag(self.beta[: m - 1], 1) + np.diag(self.beta[: m - 1], -1)
 
+    def vectors(self, S: np.ndarray) -> torch.Tensor:
+        """``Q S``: the Ritz vectors of coefficients ``S`` (from :func:`ritz`) as a torch ``(P, k)`` tensor
+        on the operator's device in the working precision (block by block from a host basis)."""
+        if self.store is None:
+            raise ValueError("keep_basis: this Lanczos run did not keep its basis; run it with keep_basis=True")
+        return self.store.combine(S)
+
 
 def lanczos(
-    matvec: Callable[[np.ndarray], np.ndarray],
-    v0: np.ndarray,
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    v0: torch.Tensor,
     m: int,
     k: int | None = None,
     which: str = "largest",
     tol: float | None = None,
     keep_basis: bool = True,
     min_steps: int | None = None,
+    reorth: str = "full",
+    basis: str = "auto",
 ) -> LanczosResult:
-    """``m`` steps of Lanczos with full reorthogonalisation (twice, Kahan-Parlett) from ``v0``.
+    """``m`` steps of Lanczos from ``v0`` (a torch vector on the operator's device) with a reorthogonalised basis.
 
-    With ``k`` and ``tol`` the iteration stops as soon as the ``k`` extreme Ritz values on the
-    ``which`` side have residuals ``|beta_j e_j^T s_i| <= tol * |theta_i|`` (in exact arithmetic this is
-    ``||A y_i - theta_i y_i||``; full reorthogonalisation keeps it reliable in floating point).
+    ``reorth="full"``: each new vector is orthogonalised against the whole basis twice (Kahan-Parlett: twice is
+    enough) by block Gram-Schmidt, two reads of the basis per step. ``reorth="selective"`` (Parlett & Scott 1979):
+    the three-term recurrence ``w = A q_j - alpha_j q_j - beta_{j-1} q_{j-1}`` (re-orthogonalised against
+    ``q_j``), then orthogonalised twice against the *good* Ritz vectors ``y_i = Q_j s_i`` of
+    ``T_j = S diag(theta) S^T``, those with error bound ``|beta_j s_ji| <= sqrt(eps) ||T_j||`` (``eps`` the
+    unit roundoff of the coarser of the working and basis precisions, ``||T_j|| = max_i |theta_i|``). By Paige's
+    theorem the Lanczos vectors lose orthogonality only along converged Ritz vectors, so this keeps the basis
+    semi-orthogonal (``|q_i^T q_j| <~ sqrt(eps)``) and the Ritz values free of spurious copies; the good Ritz
+    vectors are computed (one read of the basis) only when their number grows, and kept.
 
-    >>> import numpy as np
+    ``basis``: where the ``m`` stored vectors live, ``"auto"``, ``"float64"``, ``"float32"`` (on the device),
+    ``"host-float64"`` or ``"host-float32"`` (host memory, pinned for CUDA; see
+    :func:`~workbench.curvature.probing.resolve_basis`). Vectors, dot products and norms are in the working
+    precision, float64 for a float64 ``v0``, else float32 (never less: bf16 / fp16 products are promoted);
+    ``alpha`` and ``beta`` are float64 numpy. The run stops at an invariant subspace
+    (``beta_j <= max(1e-12, 1000 eps) max(1, max |alpha|)``), and, with ``k`` and ``tol``, as soon as the ``k``
+    extreme Ritz values on the ``which`` side have residuals ``|beta_j e_j^T s_i| <= tol * |theta_i|`` (in exact
+    arithmetic ``||A y_i - theta_i y_i||``; reorthogonalisation keeps it reliable in floating point).
+
+    >>> import torch
     >>> from workbench.curvature import lanczos, ritz
-    >>> A = np.diag([3.0, 2.0, 1.0, 0.5])
-    >>> res = lanczos(lambda v: A @ v, np.ones(4), m=4)
-    >>> np.round(ritz(res, 2)[0], 10).tolist(), res.n_matvec
-    ([3.0, 2.0], 4)
+    >>> A = torch.diag(torch.tensor([3.0, 2.0, 1.0, 0.5], dtype=torch.float64))
+    >>> res = lanczos(lambda v: A @ v, torch.ones(4, dtype=torch.float64), m=4)
+    >>> [round(float(x), 10) for x in ritz(res, 2)[0]], res.n_matvec, res.basis
+    ([3.0, 2.0], 4, 'float64')
     """
+    choice("reorth", reorth, REORTH)
+    choice("basis", basis, BASES)
+    wd = working_dtype(v0.dtype)
     P = v0.shape[0]
     m = int(min(m, P))
-    Q = np.zeros((P, m))
-    alpha = np.zeros(m)
-    beta = np.zeros(m)
-    q = v0 / np.linalg.norm(v0)
-    n = 0
+    B = KrylovBasis(P, m, v0.device, wd, basis)
+    eps = max(torch.finfo(wd).eps, torch.finfo(B.rows.dtype).eps)
+    tiny = max(1e-12, 1000 * torch.finfo(wd).eps)
+    alpha, beta = np.zeros(m), np.zeros(m)
+    q = v0.to(wd)
+    q = q / torch.linalg.vector_norm(q)
+    q_prev, Y, n_good, n = None, None, 0, 0
     for j in range(m):
-        Q[:, j] = q
-        w = matvec(q)
+        B.append(q)
+        w = matvec(q).to(wd)
         n += 1
-        alpha[j] = q @ w
-        w = w - Q[:, : j + 1] @ (Q[:, : j + 1].T @ w)
-        w = w - Q[:, : j + 1] @ (Q[:, : j + 1].T @ w)  # twice is enough (Kahan-Parlett)
-        b = np.linalg.norm(w)
+        alpha[j] = float(torch.dot(q, w))
+        if reorth == "full":
+            w = B.project_out(B.project_out(w.clone()))
+        else:
+            w = w - alpha[j] * q
+            if q_prev is not None:
+                w.sub_(beta[j - 1] * q_prev)
+            w.sub_(torch.dot(q, w) * q)
+            theta, S = np.linalg.eigh(LanczosResult(alpha[: j + 1], beta[: j + 1], None, n).tridiagonal())
+            bound = np.abs(float(torch.linalg.vector_norm(w)) * S[-1])
+            good = bound <= np.sqrt(eps) * np.abs(theta).max()
+            if good.sum() > n_good:  # a Ritz vector has converged: (re)compute the good ones
+                Y, n_good = torch.linalg.qr(B.combine(S[:, good]))[0], int(good.sum())
+            if Y is not None:
+                for _ in range(2):
+                    w.sub_(Y @ (Y.T @ w))
+        b = float(torch.linalg.vector_norm(w))
         beta[j] = b
-        done = b <= 1e-12 * max(1.0, np.abs(alpha[: j + 1]).max())
+        done = b <= tiny * max(1.0, np.abs(alpha[: j + 1]).max())
         if k is not None and tol is not None and j + 1 >= max(k, min_steps or 0):
-            res = LanczosResult(alpha[: j + 1], beta[: j + 1], None, n)
-            vals, _, resid = ritz(res, k, which)
+            vals, _, resid = ritz(LanczosResult(alpha[: j + 1], beta[: j + 1], None, n), k, which)
             if np.all(resid <= tol * np.maximum(np.abs(vals), 1e-30)):
                 done = True
         if done or j == m - 1:
             m = j + 1
             break
-        q = w / b
-    return LanczosResult(alpha[:m], beta[:m], Q[:, :m] if keep_basis else None, n)
+        q_prev, q = q, w / b
+    keep = B if keep_basis else None
+    Q = B.matrix() if keep_basis else None
+    return LanczosResult(alpha[:m], beta[:m], Q, n, B.kind, reorth, B.reads, keep)
 
 
 def ritz(res: LanczosResult, k: int, which: str = "largest") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(values, vectors in the Lanczos basis, residual norms ``|beta_m s_i[-1]|``) of the ``k`` extreme
-    Ritz pairs of a Lanczos run, most extreme first.
+    Ritz pairs of a Lanczos run, most extreme first (float64 numpy; :meth:`LanczosResult.vectors` maps the
+    vectors to parameter space).
 
-    >>> import numpy as np
+    >>> import torch
     >>> from workbench.curvature import lanczos, ritz
-    >>> res = lanczos(lambda v: np.diag([-4.0, 1.0, 2.0]) @ v, np.ones(3), m=3)
-    >>> np.round(ritz(res, 1, "smallest")[0], 10).tolist()
+    >>> A = torch.diag(torch.tensor([-4.0, 1.0, 2.0], dtype=torch.float64))
+    >>> res = lanczos(lambda v: A @ v, torch.ones(3, dtype=torch.float64), m=3)
+    >>> [round(float(x), 10) for x in ritz(res, 1, "smallest")[0]]
     [-4.0]
     """
     T = res.tridiagonal()
@@ -128,22 +182,28 @@ def hessian_eigenvalues(
     tol: float = 1e-3,
     max_hvp: int | None = None,
     return_eigenvectors: bool = False,
+    reorth: str = "full",
+    basis: str = "auto",
     engine: str = "auto",
     ctx,
 ) -> xr.Dataset:
     """The ``k`` largest (or smallest) algebraic eigenvalues of the Hessian of the data loss.
 
-    ``method="lanczos"``: Lanczos with full reorthogonalisation from a seeded Rademacher start,
-    stopped when every wanted Ritz pair has residual ``||H y - lambda y|| <= tol |lambda|`` or after
-    ``max_hvp`` Hessian-vector products (default ``min(P, max(60, 10 k))``). Eigenvalue errors shrink
-    like residual^2 / gap, so the default ``tol=1e-3`` gives eigenvalues near float32 precision.
-    ``method="eigsh"``: ``scipy.sparse.linalg.eigsh(which='LA' / 'SA')`` over the same operator.
+    Lanczos (:func:`lanczos`) on the operator's device from a seeded Rademacher start, stopped when every wanted
+    Ritz pair has residual ``||H y - lambda y|| <= tol |lambda|`` or after ``max_hvp`` Hessian-vector products
+    (default ``min(P, max(60, 10 k))``). Eigenvalue errors shrink like residual^2 / gap, so the default
+    ``tol=1e-3`` gives eigenvalues near the precision of the products. ``reorth``: ``"full"`` or
+    ``"selective"``; ``basis``: ``"auto"``, ``"float64"``, ``"float32"``, ``"host-float64"`` or
+    ``"host-float32"`` (the storage of the Lanczos vectors; the one ``"auto"`` chose is recorded in
+    ``probe_params``). A float32 model runs the solver in float32: eigenvalues within about ``1e-5 ||H||``
+    of the float64 ones (products and basis both carry float32 rounding). ``method`` is ``"lanczos"``, the only
+    method: for scipy's ARPACK use ``scipy.sparse.linalg.eigsh(HessianOperator(objective).to_scipy(), ...)``.
 
     Returns a Dataset over ``rank`` (0 = most extreme) with ``eigenvalue``, ``residual`` and ``converged``
     (residual <= tol |eigenvalue|) and attrs ``n_hvp``; fewer than ``k`` eigenvalues (a Krylov space of
     smaller dimension) or unconverged ones come with a RuntimeWarning; with ``return_eigenvectors=True``
-    also ``eigenvector`` over (rank, param): unit flat vectors in ``model.parameters()`` order, usable as
-    landscape directions.
+    also ``eigenvector`` over (rank, param): unit flat float64 vectors in ``model.parameters()`` order, usable
+    as landscape directions.
 
     >>> import torch
     >>> from workbench.curvature import hessian_eigenvalues
@@ -156,39 +216,33 @@ def hessian_eigenvalues(
     """
     k = integer("k", k, lo=1)
     choice("which", which, ("largest", "smallest"))
-    choice("method", method, ("lanczos", "eigsh"))
+    if method == "eigsh":
+        raise ValueError(
+            "method: 'eigsh' was removed (the solvers are torch-native now); 'lanczos' is the only method. For "
+            "scipy's ARPACK as a cross-check use scipy.sparse.linalg.eigsh(workbench.curvature.HessianOperator("
+            "workbench.objective.Objective(model, loss_fn, data)).to_scipy(), k=k, which='LA')"
+        )
+    choice("method", method, ("lanczos",))
     tol = finite_nonneg("tol", tol)
     max_hvp = count("max_hvp", max_hvp, none=True)
     boolean("return_eigenvectors", return_eigenvectors)
+    choice("reorth", reorth, REORTH)
+    choice("basis", basis, BASES)
     choice("engine", engine, ENGINES)
     obj = ctx.objective()
     P = obj.space.numel
-    if k > P - (method == "eigsh"):
-        raise ValueError(
-            f"k: expected an int in 1..{P - (method == 'eigsh')} (the number of parameters"
-            f"{'' if method == 'lanczos' else ' - 1, for eigsh'}), got {k}"
-        )
+    if k > P:
+        raise ValueError(f"k: expected an int in 1..{P} (the number of parameters), got {k}")
     obj.loss()  # a clear error for bad inputs or a non-finite loss before any Hessian-vector product
     max_hvp = min(P, max(60, 10 * k)) if max_hvp is None else max_hvp
     with ctx.bar(max_hvp, "Hessian eigenvalues") as bar:
         op = HessianOperator(obj, engine=engine, callback=bar.update)
-        mv, mm = finite_products(op.matvec_np, obj), finite_products(op.matmat_np, obj)
-        v0 = rademacher(ctx.rng, P)
-        if method == "lanczos":
-            res = lanczos(mv, v0, max_hvp, k=k, which=which, tol=tol)
-            vals, S, resid = ritz(res, k, which)
-            vecs = res.Q @ S if return_eigenvectors else None
-        else:
-            lin = LinearOperator(op.shape, matvec=mv, rmatvec=mv, matmat=mm, dtype=np.float64)
-            try:
-                vals, vecs = eigsh(
-                    lin, k=k, which="LA" if which == "largest" else "SA", v0=v0, tol=tol * 1e-3, maxiter=max_hvp
-                )
-            except ArpackNoConvergence as e:  # the pairs that did converge
-                vals, vecs = e.eigenvalues, e.eigenvectors
-            order = np.argsort(vals)[::-1] if which == "largest" else np.argsort(vals)
-            vals, vecs = vals[order], vecs[:, order]
-            resid = np.linalg.norm(mm(vecs) - vecs * vals, axis=0) if len(vals) else np.zeros(0)
+        mv = finite_products(op.matvec, obj)
+        v0 = rademacher(ctx.rng, P, device=op.device, dtype=working_dtype(op.dtype))
+        res = lanczos(mv, v0, max_hvp, k=k, which=which, tol=tol, reorth=reorth, basis=basis)
+        ctx.record(basis=res.basis)
+        vals, S, resid = ritz(res, k, which)
+        vecs = res.vectors(S).double().cpu().numpy() if return_eigenvectors else None
     converged = resid <= max(tol, 1e-12) * np.maximum(np.abs(vals), 1e-30)
     if len(vals) < k or not converged.all():
         warnings.warn(

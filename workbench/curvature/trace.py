@@ -1,7 +1,10 @@
 """Stochastic trace estimation: Girard-Hutchinson, Hutch++ and XTrace, with standard errors.
 
-The estimators work on any symmetric operator given by a float64 numpy ``matmat`` (``(P, k) ->
-(P, k)``); the probe :func:`hessian_trace` applies them to the Hessian of the data loss.
+The estimators work on any symmetric operator given by a torch ``matmat`` (``(P, k) -> (P, k)``) on its
+device: the probe vectors are drawn (:func:`~workbench.curvature.rademacher`) on ``device`` in ``dtype``
+and the QR factorisations run there (``torch.linalg``); the ``k x k`` algebra of XTrace is float64. They
+return (estimate, standard error, samples) as Python floats and a float64 numpy array. The probe
+:func:`hessian_trace` applies them to the Hessian of the data loss on the model's device.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 import xarray as xr
 from scipy.stats import norm
 from torch import nn
@@ -21,13 +25,34 @@ from ..testing import hostile_case
 from ..validate import choice, count, fraction, positive
 from .lanczos import STOCHASTIC
 from .operators import ENGINES, HessianOperator
-from .probing import finite_products, rademacher
+from .probing import finite_products, rademacher, working_dtype
 
-MatMat = Callable[[np.ndarray], np.ndarray]
+MatMat = Callable[[torch.Tensor], torch.Tensor]
+ROWS = 1 << 20  # rows per block of the column-wise dot products (bounded temporaries for large P)
 
 
-def hutchinson(matmat: MatMat, P: int, n: int, rng: np.random.Generator) -> tuple[float, float, np.ndarray]:
-    """Girard-Hutchinson: ``tr(A) ~ mean_i z_i^T A z_i``, z_i Rademacher. Returns (estimate, stderr, samples).
+def coldots(A: torch.Tensor, B: torch.Tensor) -> np.ndarray:
+    """``a_j^T b_j`` for every column pair of two ``(P, k)`` tensors, as float64 numpy, in row blocks.
+
+    >>> import torch
+    >>> coldots(torch.ones(3, 2), torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])).tolist()
+    [9.0, 12.0]
+    """
+    out = torch.zeros(A.shape[1], dtype=A.dtype, device=A.device)
+    for s in range(0, A.shape[0], ROWS):
+        out += (A[s : s + ROWS] * B[s : s + ROWS]).sum(0)
+    return out.double().cpu().numpy()
+
+
+def _stderr(s: np.ndarray) -> float:
+    return float(s.std(ddof=1) / np.sqrt(len(s))) if len(s) > 1 else math.nan
+
+
+def hutchinson(
+    matmat: MatMat, P: int, n: int, rng: np.random.Generator, *, device=None, dtype: torch.dtype = torch.float64
+) -> tuple[float, float, np.ndarray]:
+    """Girard-Hutchinson: ``tr(A) ~ mean_i z_i^T A z_i``, z_i Rademacher (on ``device`` in ``dtype``).
+    Returns (estimate, stderr, samples).
 
     >>> import numpy as np
     >>> from workbench.curvature import hutchinson
@@ -35,26 +60,29 @@ def hutchinson(matmat: MatMat, P: int, n: int, rng: np.random.Generator) -> tupl
     >>> float(est), float(se)
     (10.0, 0.0)
     """
-    Z = rademacher(rng, (P, n))
-    s = np.einsum("ij,ij->j", Z, matmat(Z))
-    return s.mean(), s.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan, s
+    Z = rademacher(rng, (P, n), device, dtype)
+    s = coldots(Z, matmat(Z).to(dtype))
+    return float(s.mean()), _stderr(s), s
 
 
-def hutchpp_basis(matmat: MatMat, P: int, n: int, rng: np.random.Generator) -> np.ndarray:
+def hutchpp_basis(
+    matmat: MatMat, P: int, n: int, rng: np.random.Generator, *, device=None, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """The sketch basis ``Q = orth(A S)`` of Hutch++ with ``n`` mat-vecs in all: ``n // 3`` Rademacher
     columns ``S`` drawn first from ``rng`` (the same draws as :func:`hutchpp` from the same stream).
 
     >>> import numpy as np
     >>> from workbench.curvature import hutchpp_basis
-    >>> hutchpp_basis(lambda Z: Z, 4, 6, np.random.default_rng(0)).shape
+    >>> tuple(hutchpp_basis(lambda Z: Z, 4, 6, np.random.default_rng(0)).shape)
     (4, 2)
     """
-    S = rademacher(rng, (P, n // 3))
-    Q, _ = np.linalg.qr(matmat(S))
-    return Q
+    S = rademacher(rng, (P, n // 3), device, dtype)
+    return torch.linalg.qr(matmat(S).to(dtype))[0]
 
 
-def hutchpp(matmat: MatMat, P: int, n: int, rng: np.random.Generator) -> tuple[float, float, np.ndarray]:
+def hutchpp(
+    matmat: MatMat, P: int, n: int, rng: np.random.Generator, *, device=None, dtype: torch.dtype = torch.float64
+) -> tuple[float, float, np.ndarray]:
     """Hutch++ (Meyer, Musco, Musco & Woodruff 2021), with ``n`` mat-vecs in all.
 
     ``k = n // 3`` sketch vectors S give ``Q = orth(A S)``; the trace is ``tr(Q^T A Q)`` (k more
@@ -62,9 +90,9 @@ def hutchpp(matmat: MatMat, P: int, n: int, rng: np.random.Generator) -> tuple[f
     ``n - 2k`` Rademacher vectors G; the standard error is that of the Hutchinson part. Returns
     (estimate, stderr, samples ``t_low + g_i^T A g_i``).
 
-    >>> import numpy as np
+    >>> import numpy as np, torch
     >>> from workbench.curvature import hutchpp
-    >>> A = np.diag([5.0, 1.0, 0.5])
+    >>> A = torch.diag(torch.tensor([5.0, 1.0, 0.5], dtype=torch.float64))
     >>> round(float(hutchpp(lambda Z: A @ Z, 3, 9, np.random.default_rng(0))[0]), 6)   # the sketch spans R^3: exact
     6.5
     """
@@ -72,48 +100,51 @@ def hutchpp(matmat: MatMat, P: int, n: int, rng: np.random.Generator) -> tuple[f
     g = n - 2 * k
     if k < 1 or g < 2:
         raise ValueError(f"n_hvp: Hutch++ needs at least 4 Hessian-vector products, got {n}")
-    Qm = hutchpp_basis(matmat, P, n, rng)
-    t_low = np.trace(Qm.T @ matmat(Qm))
-    G = rademacher(rng, (P, g))
+    Qm = hutchpp_basis(matmat, P, n, rng, device=device, dtype=dtype)
+    t_low = float(coldots(Qm, matmat(Qm).to(dtype)).sum())
+    G = rademacher(rng, (P, g), device, dtype)
     Gp = G - Qm @ (Qm.T @ G)
-    s = np.einsum("ij,ij->j", Gp, matmat(Gp))
-    return t_low + s.mean(), s.std(ddof=1) / np.sqrt(g), t_low + s
+    s = coldots(Gp, matmat(Gp).to(dtype))
+    return t_low + float(s.mean()), _stderr(s), t_low + s
 
 
-def xtrace(matmat: MatMat, P: int, n: int, rng: np.random.Generator) -> tuple[float, float, np.ndarray]:
+def xtrace(
+    matmat: MatMat, P: int, n: int, rng: np.random.Generator, *, device=None, dtype: torch.dtype = torch.float64
+) -> tuple[float, float, np.ndarray]:
     """XTrace (Epperly, Tropp & Webber 2024, SIMAX): the exchangeable Hutch++ with ``n`` mat-vecs.
 
     ``m = n // 2`` Rademacher test vectors W, ``Y = A W = QR``. For each i, ``Q_i`` spans Y without its
     i-th column (``Q_i Q_i^T = Q (I - s_i s_i^T) Q^T``, s_i the normalised i-th column of ``R^{-T}``);
     ``t_i = tr(Q_i^T A Q_i) + w_i^T (I - Q_i Q_i^T) A (I - Q_i Q_i^T) w_i``, and the result is the mean
-    of the t_i with standard error ``std(t_i) / sqrt(m)``. Returns (estimate, stderr, t).
+    of the t_i with standard error ``std(t_i) / sqrt(m)``. The ``m x m`` algebra (``R^{-1}``, ``Q^T A Q``)
+    is float64 whatever ``dtype``. Returns (estimate, stderr, t).
 
-    >>> import numpy as np
+    >>> import numpy as np, torch
     >>> from workbench.curvature import xtrace
-    >>> A = np.diag([5.0, 1.0, 0.5, 0.2, 0.1, 0.1])
-    >>> round(float(xtrace(lambda Z: A @ Z, 6, 8, np.random.default_rng(0))[0]), 2)   # tr A = 6.9
-    6.99
+    >>> A = torch.diag(torch.tensor([5.0, 1.0, 0.5, 0.2, 0.1, 0.1], dtype=torch.float64))
+    >>> round(float(xtrace(lambda Z: A @ Z, 6, 8, np.random.default_rng(4))[0]), 2)   # tr A = 6.9
+    6.97
     """
     m = n // 2
     if m < 2:
         raise ValueError(f"n_hvp: XTrace needs at least 4 Hessian-vector products, got {n}")
-    W = rademacher(rng, (P, m))
-    AW = matmat(W)
-    Q, R = np.linalg.qr(AW)
-    AQ = matmat(Q)
-    QtAQ = Q.T @ AQ
-    Rinv_t = np.linalg.inv(R).T
-    S = Rinv_t / np.linalg.norm(Rinv_t, axis=0, keepdims=True)
-    t_full = np.trace(QtAQ)
-    t_drop = np.einsum("ji,jk,ki->i", S, QtAQ, S)  # s_i^T (Q^T A Q) s_i
-    QtW = Q.T @ W
+    W = rademacher(rng, (P, m), device, dtype)
+    AW = matmat(W).to(dtype)
+    Q, R = torch.linalg.qr(AW)
+    AQ = matmat(Q).to(dtype)
+    QtAQ = (Q.T @ AQ).double()
+    Rinv_t = torch.linalg.inv(R.double()).T
+    S = Rinv_t / torch.linalg.vector_norm(Rinv_t, dim=0, keepdim=True)
+    t_full = torch.trace(QtAQ)
+    t_drop = ((QtAQ @ S) * S).sum(0)  # s_i^T (Q^T A Q) s_i
+    QtW = (Q.T @ W).double()
     # (I - Q_i Q_i^T) w_i and the products we need, for all i at once
-    c = QtW - S * np.einsum("ji,ji->i", S, QtW)  # (I - s s^T) Q^T w_i
-    AP_w = AW - AQ @ c  # A (I - Q_i Q_i^T) w_i
-    QtAPw = Q.T @ AP_w
-    PtAPw = AP_w - Q @ (QtAPw - S * np.einsum("ji,ji->i", S, QtAPw))
-    est = t_full - t_drop + np.einsum("ji,ji->i", W, PtAPw)
-    return est.mean(), est.std(ddof=1) / np.sqrt(m), est
+    c = QtW - S * (S * QtW).sum(0)  # (I - s s^T) Q^T w_i
+    AP_w = AW - AQ @ c.to(dtype)  # A (I - Q_i Q_i^T) w_i
+    QtAPw = (Q.T @ AP_w).double()
+    PtAPw = AP_w - Q @ (QtAPw - S * (S * QtAPw).sum(0)).to(dtype)
+    est = (t_full - t_drop).cpu().numpy() + coldots(W, PtAPw)
+    return float(est.mean()), _stderr(est), est
 
 
 def _trace_result(est, se, n_hvp: int, method: str, confidence: float, P: int) -> xr.DataArray:
@@ -189,29 +220,30 @@ def hessian_trace(
     total = P if method == "exact" else max(n_hvp, max_hvp) if rtol is not None else n_hvp
     with ctx.bar(total, f"Hessian trace ({method})") as bar:
         op = HessianOperator(obj, engine=engine, callback=bar.update)
-        mm = finite_products(op.matmat_np, obj)
+        mm = finite_products(op.matmat, obj)
+        on = {"device": op.device, "dtype": working_dtype(op.dtype)}
         if method == "exact":
             H = finite_products(lambda _: op.dense(), obj)(None)
             return _trace_result(np.trace(H), 0.0, op.n_products, method, confidence, P)
         if method == "xtrace":
-            est, se, _ = xtrace(mm, P, n_hvp, rng)
+            est, se, _ = xtrace(mm, P, n_hvp, rng, **on)
             return _trace_result(est, se, op.n_products, method, confidence, P)
         replay = copy.deepcopy(rng)  # the stream of the Hutch++ sketch, to rebuild its basis for rtol
         if method == "hutchinson":
-            est, se, s = hutchinson(mm, P, n_hvp, rng)
+            est, se, s = hutchinson(mm, P, n_hvp, rng, **on)
             t_low = 0.0
         else:
-            est, se, s = hutchpp(mm, P, n_hvp, rng)
+            est, se, s = hutchpp(mm, P, n_hvp, rng, **on)
             t_low = est - s.mean()
             s = s - t_low
         if rtol is not None:
             z = float(norm.ppf(0.5 + confidence / 2))
-            Q = hutchpp_basis(mm, P, n_hvp, replay) if method == "hutch++" else None  # unbiased deflation
+            Q = hutchpp_basis(mm, P, n_hvp, replay, **on) if method == "hutch++" else None  # unbiased deflation
             while z * se > rtol * abs(est) and op.n_products < max_hvp:
                 block = min(len(s), max_hvp - op.n_products)
-                G = rademacher(rng, (P, block))
+                G = rademacher(rng, (P, block), **on)
                 if Q is not None:
                     G = G - Q @ (Q.T @ G)
-                s = np.r_[s, np.einsum("ij,ij->j", G, mm(G))]
+                s = np.r_[s, coldots(G, mm(G).to(G.dtype))]
                 est, se = t_low + s.mean(), s.std(ddof=1) / np.sqrt(len(s))
     return _trace_result(est, se, op.n_products, method, confidence, P)
