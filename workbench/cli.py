@@ -21,6 +21,16 @@ def _workers(text: str) -> int:
     return n
 
 
+def _resources(text: str) -> dict:
+    """``--resources``: ``NAME=NUMBER[,NAME=NUMBER]``, e.g. ``GPU=1`` (each point holds that much of a worker)."""
+    from .reports.sweep import parse_resources
+
+    try:
+        return parse_resources(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("resources: ")) from None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="workbench", description="workbench reports and sweeps")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -36,6 +46,13 @@ def main(argv=None) -> int:
     s.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"))
     s.add_argument("--workers", type=_workers, default=2, help="local worker processes (>= 1)")
     s.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
+    s.add_argument(
+        "--resources",
+        type=_resources,
+        default=None,
+        metavar="NAME=N[,NAME=N]",
+        help="dask worker resources each point holds, e.g. GPU=1 (default: none, CPU)",
+    )
     s.add_argument("--out", default="reports/sweep")
     sub.add_parser("zoo", help="build the demo zoo and print its summary")
     a = ap.parse_args(argv)
@@ -73,7 +90,21 @@ def main(argv=None) -> int:
                     raise reports.ReportError(f"--grid: expected KEY=V1,V2,..., got {g!r}")
                 k, vals = g.split("=", 1)
                 grid[k] = [reports.literal(v) for v in vals.split(",")]
-            res = reports.sweep(a.name, grid, a.out, base=_kv(a.parameter), workers=a.workers, scheduler=a.scheduler)
+            try:
+                res = reports.sweep(
+                    a.name,
+                    grid,
+                    a.out,
+                    base=_kv(a.parameter),
+                    workers=a.workers,
+                    scheduler=a.scheduler,
+                    resources=a.resources,
+                )
+            except ValueError as e:  # GPU requested on a machine without one: a message, not a traceback
+                if not str(e).startswith("resources: "):
+                    raise
+                print(f"workbench: --{e}", file=sys.stderr)
+                return 2
             failed = [r for r in res["results"] if r["status"] == "failed"]
             print(
                 f"sweep: {len(res['results']) - len(failed)} of {len(res['results'])} points complete; "

@@ -4,15 +4,19 @@ Each point is an isolated papermill run (one failure does not stop the others). 
 a completed point is skipped when its results record the same parameters, all of them and not only
 the swept ones (``report_params``, written by :func:`~workbench.reports.runner.run_report`), and is
 recomputed otherwise. The current points' results are concatenated along the swept dimensions into
-one netCDF Dataset with an HTML summary page.
+one netCDF Dataset with an HTML summary page. Points can ask for worker resources (``resources={"GPU": 1}``)
+through dask.distributed's own resource mechanism; CPU is the default.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import numbers
+import os
 import re
+import warnings
 from pathlib import Path
 
 from ..results import DamagedFileError, atomic_write, load, save
@@ -23,6 +27,7 @@ from .runner import (
     ReportError,
     check_params,
     effective_params,
+    parameters,
     params_json,
     recorded_params,
     run_report,
@@ -102,6 +107,126 @@ def check_workers(workers) -> int:
     return int(workers)
 
 
+def parse_resources(text: str) -> dict:
+    """Worker resources per task from ``NAME=NUMBER[,NAME=NUMBER]`` (the CLI's ``--resources``), checked by
+    :func:`check_resources`.
+
+    >>> parse_resources("GPU=1"), parse_resources("GPU=0.5, SLOT=2")
+    ({'GPU': 1}, {'GPU': 0.5, 'SLOT': 2})
+    >>> parse_resources("GPU")
+    Traceback (most recent call last):
+    ...
+    ValueError: resources: expected NAME=NUMBER[,NAME=NUMBER] (e.g. GPU=1), got 'GPU'
+    """
+    out = {}
+    for part in text.split(","):
+        name, eq, amount = (x.strip() for x in part.partition("="))
+        if not (name and eq and amount) or name in out:
+            raise ValueError(f"resources: expected NAME=NUMBER[,NAME=NUMBER] (e.g. GPU=1), got {text!r}")
+        try:
+            out[name] = int(amount) if re.fullmatch(r"[0-9]+", amount) else float(amount)
+        except ValueError:
+            raise ValueError(f"resources: {name}: expected a number, got {amount!r} in {text!r}") from None
+    return check_resources(out)
+
+
+def check_resources(resources) -> dict:
+    """``resources`` (name -> amount each task holds while it runs, as in ``Client.submit(resources=...)``)
+    checked: names non-empty strings, amounts finite numbers > 0. None -> {} (no request: the default).
+
+    >>> check_resources({"GPU": 1}), check_resources(None)
+    ({'GPU': 1}, {})
+    """
+    if resources is None:
+        return {}
+    if not isinstance(resources, dict):
+        raise TypeError(f"resources: expected a dict name -> amount such as {{'GPU': 1}}, got {resources!r}")
+    for k, v in resources.items():
+        if not isinstance(k, str) or not k.strip() or any(c in k for c in "=, "):
+            raise ValueError(f"resources: expected resource names like 'GPU', got {k!r}")
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"resources: {k}: expected an amount > 0 such as 1 or 0.5, got {v!r}")
+    return dict(resources)
+
+
+def cuda_devices() -> list[str]:
+    """This machine's CUDA devices as ``CUDA_VISIBLE_DEVICES`` entries (the visible subset if that is set)."""
+    import torch
+
+    n = torch.cuda.device_count()
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return (visible if len(visible) >= n else [str(i) for i in range(n)])[:n]
+
+
+def start_cluster(workers: int, resources: dict | None = None):
+    """A local dask cluster of ``workers`` single-threaded processes, each declaring the ``resources`` a task
+    asks for. With ``"GPU"`` in ``resources``: one worker per CUDA device (at most ``workers``), each seeing
+    only its own device (``CUDA_VISIBLE_DEVICES``) and declaring ``GPU=1``; a clear error if there is none."""
+    from dask.distributed import LocalCluster, Nanny, Scheduler, SpecCluster
+
+    workers, resources = check_workers(workers), check_resources(resources)
+    if "GPU" not in resources:
+        opts = {"resources": resources} if resources else {}
+        return LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            env=dict(REPORT_ENV),
+            **opts,
+        )
+    if resources["GPU"] > 1:
+        raise ValueError(
+            f"resources: GPU={resources['GPU']}: a local worker holds one GPU; ask for GPU=1 (or a fraction), "
+            "or pass scheduler=... of a cluster whose workers declare more"
+        )
+    gpus = cuda_devices()
+    if not gpus:
+        raise ValueError(
+            "resources: GPU requested but this machine has no CUDA device (torch.cuda.device_count() == 0); "
+            "drop GPU (CPU is the default) or pass scheduler=... of a cluster whose workers declare GPU"
+        )
+    spec = {
+        i: {
+            "cls": Nanny,
+            "options": {
+                "nthreads": 1,
+                "host": "127.0.0.1",
+                "env": dict(REPORT_ENV, CUDA_VISIBLE_DEVICES=g),
+                "resources": dict(resources, GPU=1),
+            },
+        }
+        for i, g in enumerate(gpus[:workers])
+    }
+    sched = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False, "dashboard_address": None}}
+    return SpecCluster(workers=spec, scheduler=sched)
+
+
+def gpu_params(name: str, base: dict, grid: dict, resources: dict) -> dict:
+    """``base`` with ``device="cuda"`` when the tasks ask for a GPU and report ``name`` has a ``device``
+    parameter that neither ``base`` nor ``grid`` sets (otherwise ``base`` unchanged).
+
+    >>> gpu_params("landscape", {"steps": 3}, {}, {"GPU": 1})  # landscape has no device parameter
+    {'steps': 3}
+    """
+    if "GPU" in resources and "device" in parameters(name) and "device" not in base and "device" not in grid:
+        return dict(base, device="cuda")
+    return base
+
+
+def warn_if_undeclared(client, scheduler: str, resources: dict) -> None:
+    """A warning when the cluster has workers and none declares ``resources``: the points would wait for one
+    forever (no error: a worker may still join)."""
+    declared = [w.get("resources", {}) for w in client.scheduler_info(n_workers=-1)["workers"].values()]
+    if declared and not any(all(d.get(k, 0) >= v for k, v in resources.items()) for d in declared):
+        spec = ",".join(f"{k}={v}" for k, v in resources.items())
+        warnings.warn(
+            f"resources: no worker of the scheduler at {scheduler} declares {spec} (they declare {declared}); "
+            f"the points wait until one joins (e.g. `dask worker {scheduler} --resources {spec}`)",
+            stacklevel=3,
+        )
+
+
 def sweep(
     name: str,
     grid: dict,
@@ -110,6 +235,7 @@ def sweep(
     base: dict | None = None,
     workers: int = 2,
     scheduler: str | None = None,
+    resources: dict | None = None,
     progress: bool = True,
 ) -> dict:
     """Run report ``name`` for every combination of ``grid`` (dict key -> list of values) on dask.distributed.
@@ -117,30 +243,32 @@ def sweep(
     A LocalCluster of ``workers`` single-threaded processes by default, or an existing cluster at
     ``scheduler``. A re-run resumes: points completed with the same parameters (grid and ``base``
     values and the report's defaults) are skipped, the others recomputed. ``progress``: a line per
-    finished point. Returns {"results": [...], "dataset": path of the concatenated .nc or None,
-    "summary": path of the HTML page or None}.
+    finished point. ``resources``: what each point holds on its worker, e.g. ``{"GPU": 1}``, through dask's
+    worker resources (see :func:`start_cluster` for the local cluster; the workers of a ``scheduler``
+    declare theirs, e.g. ``dask worker ADDRESS --resources GPU=1``); a GPU point runs its report with
+    ``device="cuda"`` if the report has a ``device`` parameter. None: CPU, as before. Returns
+    {"results": [...], "dataset": path of the concatenated .nc or None, "summary": path of the HTML page or None}.
     """
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, as_completed
 
-    workers = check_workers(workers)
+    workers, resources = check_workers(workers), check_resources(resources)
     if not grid or any(not isinstance(v, (list, tuple)) or not v for v in grid.values()):
         raise ReportError("grid: expected a dict parameter -> non-empty list of values")
     for k in grid:
         check_params(name, {k: grid[k][0]})
-    base = check_params(name, dict(base or {}))
+    base = gpu_params(name, check_params(name, dict(base or {})), grid, resources)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     jobs = [(dict(base, **c), point_stem(name, c), c) for c in grid_points(grid)]
     results = []
-    if scheduler:
-        client, cluster = Client(scheduler), None
-    else:
-        cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, env=dict(REPORT_ENV)
-        )
-        client = Client(cluster)
+    cluster = None if scheduler else start_cluster(workers, resources)  # no GPU: stops here, nothing written
+    client = None
     try:
-        futs = {client.submit(run_point, name, p, str(out.resolve()), s, pure=False): c for p, s, c in jobs}
+        out.mkdir(parents=True, exist_ok=True)
+        client = Client(scheduler or cluster)
+        if scheduler and resources:
+            warn_if_undeclared(client, scheduler, resources)
+        opts = {"resources": resources} if resources else {}
+        futs = {client.submit(run_point, name, p, str(out.resolve()), s, pure=False, **opts): c for p, s, c in jobs}
         for f in as_completed(futs):
             r = f.result()
             r["params"] = futs[f]
@@ -149,7 +277,8 @@ def sweep(
                 err = f" - {r['error']}" if r.get("error") else f" - {r['note']}" if r.get("note") else ""
                 print(f"[{len(results)}/{len(jobs)}] {r['stem']}: {r['status']}{err}", flush=True)
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         if cluster is not None:
             cluster.close()
     ds_path, summary = concatenate(name, grid, jobs, out)
