@@ -164,17 +164,19 @@ class Context:
         """Extra entries for ``probe_params`` (e.g. the number of samples)."""
         self.extra_params.update(kw)
 
-    def objective(self, model: nn.Module | None = None, loss_fn=None, data=None):
+    def objective(self, model: nn.Module | None = None, loss_fn=None, data=None, params=None):
         """The :class:`~workbench.objective.Objective` of ``model`` (default the call's), with the tail's
-        ``params`` and ``mode``; cancellation is checked at every batch. The call's own is built once."""
+        ``params`` (or ``params``, a subset for blockwise probes) and ``mode``; cancellation is checked at every
+        batch. The call's own is built once."""
         own = (model is None or model is self._bound.get("model_a")) and loss_fn is None and data is None
+        own = own and params is None
         if own and self._objective is not None:
             return self._objective
         obj = Objective(
             self._bound.get("model", self._bound.get("model_a")) if model is None else model,
             self._bound["loss_fn"] if loss_fn is None else loss_fn,
             self._bound["data"] if data is None else data,
-            params=self.params,
+            params=self.params if params is None else params,
             mode=self.mode,
             device=self.device,
             on_batch=self.check_cancel,

@@ -9,6 +9,7 @@ interlace nothing in general (PyHessian's and Sankar et al.'s layerwise spectra,
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -37,7 +38,7 @@ def module_of(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else "(root)"
 
 
-def parameter_blocks(model: nn.Module, blocks, params=None) -> dict[str, list[str]]:
+def parameter_blocks(model: nn.Module, blocks: Any, params: Any = None) -> dict[str, list[str]]:
     """The blocks as ``{block name: [parameter names]}``, in ``model.parameters()`` order, within the
     ``params`` selection.
 

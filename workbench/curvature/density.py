@@ -20,8 +20,8 @@ from ..registry import probe
 from ..testing import hostile_case
 from ..validate import choice, count, finite_array, positive
 from .lanczos import REORTH, STOCHASTIC, lanczos
-from .operators import ENGINES, HessianOperator
 from .probing import BASES, finite_products, rademacher, resolve_basis, working_dtype
+from .select import label, operator_maker
 
 
 def slq(
@@ -133,10 +133,14 @@ def spectral_density(
     n_grid: int = 400,
     basis: str = "auto",
     reorth: str = "full",
+    curvature: str = "hessian",
+    mc_samples: int = 1,
+    group: Any = None,
     engine: str = "auto",
     ctx,
 ) -> xr.DataArray:
-    """Hessian eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019):
+    """Hessian (or ``curvature``: GGN, Fisher ...; see :func:`~workbench.curvature.hessian_eigenvalues`)
+    eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019):
     ``phi(t) = (1/n_runs) sum_runs sum_k tau_k N(t; lambda_k, sigma^2)`` with nodes lambda_k and
     weights tau_k from ``n_lanczos`` Lanczos steps (HVPs) per Rademacher start.
 
@@ -164,14 +168,14 @@ def spectral_density(
     count("n_grid", n_grid, lo=2)
     choice("basis", basis, BASES)
     choice("reorth", reorth, REORTH)
-    choice("engine", engine, ENGINES)
+    make = operator_maker(ctx, curvature, engine, mc_samples, group)
     obj = ctx.objective()
     obj.loss()  # a clear error for bad inputs or a non-finite loss before any Hessian-vector product
     P = obj.space.numel
     m = min(n_lanczos, P)
     ctx.record(n_lanczos=m)
-    with ctx.bar(n_runs * m, "spectral density (SLQ)") as bar:
-        op = HessianOperator(obj, engine=engine, callback=bar.update)
+    with ctx.bar(n_runs * m, f"{label(curvature)} spectral density (SLQ)") as bar:
+        op = make(obj, callback=bar.update)
         on = {"device": op.device, "dtype": working_dtype(op.dtype)}
         if basis == "auto":  # the storage for all runs, recorded with the call
             basis = resolve_basis(basis, P, m, op.device, on["dtype"])
@@ -179,4 +183,5 @@ def spectral_density(
         nodes, weights = slq(finite_products(op.matvec, obj), P, n_runs, m, ctx.rng, basis=basis, reorth=reorth, **on)
     da = density_from_nodes(nodes, weights, sigma=sigma, grid=grid, n_grid=n_grid)
     da.attrs["n_hvp"] = int(op.n_products)
+    da.attrs["long_name"] = f"{label(curvature)} eigenvalue density"
     return da

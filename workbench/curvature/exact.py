@@ -11,8 +11,8 @@ from torch import nn
 
 from ..registry import Tags, probe
 from ..testing import hostile_case
-from ..validate import choice, count, integer
-from .operators import ENGINES, HessianOperator
+from ..validate import count, integer
+from .select import label, operator_maker
 
 
 @probe(
@@ -28,11 +28,14 @@ def exact_hessian(
     max_params: int = 20_000,
     engine: str = "auto",
     chunk: int = 256,
+    curvature: str = "hessian",
+    mc_samples: int = 1,
     ctx,
 ) -> xr.DataArray:
     """The dense Hessian ``H_ij = d^2 L / d theta_i d theta_j`` of the mean loss (float64 result,
     symmetrised ``(H + H^T) / 2``) over ``(row, col)``, built from P Hessian-vector products in
     blocks of ``chunk`` columns. Refuses more than ``max_params`` parameters. attrs: ``n_hvp``.
+    ``curvature="ggn"``, ``"fisher"``, ... gives that matrix instead (:func:`~workbench.curvature.curvature_operator`).
 
     >>> import torch
     >>> from workbench.curvature import exact_hessian
@@ -44,7 +47,7 @@ def exact_hessian(
     """
     max_params = integer("max_params", max_params, lo=1)
     chunk = count("chunk", chunk, hi=None)
-    choice("engine", engine, ENGINES)
+    make = operator_maker(ctx, curvature, engine, mc_samples)
     obj = ctx.objective()
     obj.loss()  # a clear error for bad inputs or a non-finite loss before any Hessian-vector product
     P = obj.space.numel
@@ -53,8 +56,8 @@ def exact_hessian(
             f"params: the exact Hessian of {P} parameters needs {P * P * 8 / 2**30:.1f} GiB; choose a "
             f"parameter subset (params=...) or raise max_params (now {max_params})"
         )
-    with ctx.bar(P, "exact Hessian") as bar:
-        op = HessianOperator(obj, engine=engine, chunk=min(chunk, 64), callback=bar.update)
+    with ctx.bar(P, f"exact {label(curvature)}") as bar:
+        op = make(obj, chunk=min(chunk, 64), callback=bar.update)
         H = op.dense(chunk=chunk)
     if not np.all(np.isfinite(H)):
         raise ValueError(
@@ -64,6 +67,10 @@ def exact_hessian(
     return xr.DataArray(
         H,
         dims=("row", "col"),
-        name="hessian",
-        attrs={"long_name": "Hessian of the mean loss", "units": "nats / param^2", "n_hvp": int(op.n_products)},
+        name=curvature,
+        attrs={
+            "long_name": f"{label(curvature)} of the mean loss",
+            "units": "nats / param^2",
+            "n_hvp": int(op.n_products),
+        },
     )

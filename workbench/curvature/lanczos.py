@@ -22,8 +22,9 @@ from torch import nn
 from ..registry import Tags, probe
 from ..testing import hostile_case
 from ..validate import boolean, choice, count, finite_nonneg, integer
-from .operators import ENGINES, HessianOperator
+from .blocks import WHOLE
 from .probing import BASES, KrylovBasis, finite_products, rademacher, working_dtype
+from .select import label, operator_maker, over_blocks
 
 STOCHASTIC = Tags(inputs="pair", stochastic=True, uses=("mode", "params", "seed", "device"))
 REORTH = ("full", "selective")
@@ -184,10 +185,22 @@ def hessian_eigenvalues(
     return_eigenvectors: bool = False,
     reorth: str = "full",
     basis: str = "auto",
+    curvature: str = "hessian",
+    blocks: Any = None,
+    mc_samples: int = 1,
+    group: Any = None,
     engine: str = "auto",
     ctx,
 ) -> xr.Dataset:
-    """The ``k`` largest (or smallest) algebraic eigenvalues of the Hessian of the data loss.
+    """The ``k`` largest (or smallest) algebraic eigenvalues of the Hessian (or another curvature matrix) of
+    the data loss.
+
+    ``curvature``: ``"hessian"``, ``"ggn"``, ``"fisher"``, ``"mc_fisher"`` (``mc_samples`` labels per sample)
+    or ``"empirical_fisher"`` (:func:`~workbench.curvature.curvature_operator`). ``blocks``: ``"layer"``,
+    ``"module"`` or ``{name: parameter selection}`` (:func:`~workbench.curvature.parameter_blocks`): the
+    eigenvalues of every diagonal block ``C_bb`` too, over a ``block`` dimension whose first entry ``"(all)"``
+    is the whole model. ``group``: a ``torch.distributed`` process group (``True``: the default one) over which
+    the data is sharded: every rank passes its shard and the same ``seed`` and gets the full-data result.
 
     Lanczos (:func:`lanczos`) on the operator's device from a seeded Rademacher start, stopped when every wanted
     Ritz pair has residual ``||H y - lambda y|| <= tol |lambda|`` or after ``max_hvp`` Hessian-vector products
@@ -228,45 +241,55 @@ def hessian_eigenvalues(
     boolean("return_eigenvectors", return_eigenvectors)
     choice("reorth", reorth, REORTH)
     choice("basis", basis, BASES)
-    choice("engine", engine, ENGINES)
-    obj = ctx.objective()
-    P = obj.space.numel
-    if k > P:
-        raise ValueError(f"k: expected an int in 1..{P} (the number of parameters), got {k}")
-    obj.loss()  # a clear error for bad inputs or a non-finite loss before any Hessian-vector product
-    max_hvp = min(P, max(60, 10 * k)) if max_hvp is None else max_hvp
-    with ctx.bar(max_hvp, "Hessian eigenvalues") as bar:
-        op = HessianOperator(obj, engine=engine, callback=bar.update)
-        mv = finite_products(op.matvec, obj)
-        v0 = rademacher(ctx.rng, P, device=op.device, dtype=working_dtype(op.dtype))
-        res = lanczos(mv, v0, max_hvp, k=k, which=which, tol=tol, reorth=reorth, basis=basis)
-        ctx.record(basis=res.basis)
-        vals, S, resid = ritz(res, k, which)
-        vecs = res.vectors(S).double().cpu().numpy() if return_eigenvectors else None
-    converged = resid <= max(tol, 1e-12) * np.maximum(np.abs(vals), 1e-30)
-    if len(vals) < k or not converged.all():
-        warnings.warn(
-            f"hessian_eigenvalues: {int(converged.sum())} of the k={k} requested eigenvalues converged (residual "
-            f"<= tol |lambda| after {op.n_products} Hessian-vector products"
-            + (
-                f"; only {len(vals)} were found: the Krylov space of the start vector has that dimension"
-                if len(vals) < k
-                else ""
+    make = operator_maker(ctx, curvature, engine, mc_samples, group)
+    if blocks is not None and return_eigenvectors:
+        raise ValueError("return_eigenvectors: not available with blocks= (each block has its own parameter space)")
+    what = f"{label(curvature)} eigenvalues"
+
+    def run(obj, block):
+        P = obj.space.numel
+        if k > P and block in (None, WHOLE):
+            raise ValueError(f"k: expected an int in 1..{P} (the number of parameters), got {k}")
+        obj.loss()  # a clear error for bad inputs or a non-finite loss before any product
+        steps = min(P, max(60, 10 * k)) if max_hvp is None else max_hvp
+        with ctx.bar(steps, what if block is None else f"{what} [{block}]") as bar:
+            op = make(obj, callback=bar.update)
+            mv = finite_products(op.matvec, obj)
+            v0 = rademacher(ctx.rng, P, device=op.device, dtype=working_dtype(op.dtype))
+            res = lanczos(mv, v0, steps, k=min(k, P), which=which, tol=tol, reorth=reorth, basis=basis)
+            ctx.record(basis=res.basis)
+            vals, S, resid = ritz(res, k, which)
+            vecs = res.vectors(S).double().cpu().numpy() if return_eigenvectors else None
+        converged = resid <= max(tol, 1e-12) * np.maximum(np.abs(vals), 1e-30)
+        if (len(vals) < k and len(vals) < P) or not converged.all():
+            warnings.warn(
+                f"hessian_eigenvalues{'' if block is None else f' [{block}]'}: {int(converged.sum())} of the k={k} "
+                f"requested {what} converged (residual <= tol |lambda| after {op.n_products} products"
+                + (
+                    f"; only {len(vals)} were found: the Krylov space of the start vector has that dimension"
+                    if len(vals) < k
+                    else ""
+                )
+                + "); see the result's 'converged' variable, raise max_hvp or tol",
+                RuntimeWarning,
+                stacklevel=5,
             )
-            + "); see the result's 'converged' variable, raise max_hvp or tol",
-            RuntimeWarning,
-            stacklevel=3,
+        units = "nats / param^2"
+        ds = xr.Dataset(
+            {
+                "eigenvalue": ("rank", vals, {"long_name": f"{which} {what}", "units": units}),
+                "residual": ("rank", resid, {"long_name": "Ritz residual ||C y - lambda y||", "units": units}),
+                "converged": ("rank", converged, {"long_name": "residual <= tol |eigenvalue|"}),
+            },
+            coords={"rank": np.arange(len(vals))},
+            attrs={"n_hvp": int(op.n_products), "curvature": curvature},
         )
-    units = "nats / param^2"
-    ds = xr.Dataset(
-        {
-            "eigenvalue": ("rank", vals, {"long_name": f"{which} Hessian eigenvalues", "units": units}),
-            "residual": ("rank", resid, {"long_name": "Ritz residual ||H y - lambda y||", "units": units}),
-            "converged": ("rank", converged, {"long_name": "residual <= tol |eigenvalue|"}),
-        },
-        coords={"rank": np.arange(len(vals))},
-        attrs={"n_hvp": int(op.n_products)},
-    )
-    if return_eigenvectors:
-        ds["eigenvector"] = (("rank", "param"), vecs.T, {"long_name": "unit eigenvectors (flat, parameters() order)"})
-    return ds
+        if vecs is not None:
+            ds["eigenvector"] = (
+                ("rank", "param"),
+                vecs.T,
+                {"long_name": "unit eigenvectors (flat, parameters() order)"},
+            )
+        return ds
+
+    return over_blocks(ctx, blocks, run)

@@ -24,8 +24,8 @@ from ..registry import probe
 from ..testing import hostile_case
 from ..validate import choice, count, fraction, positive
 from .lanczos import STOCHASTIC
-from .operators import ENGINES, HessianOperator
 from .probing import finite_products, rademacher, working_dtype
+from .select import label, operator_maker, over_blocks
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
 ROWS = 1 << 20  # rows per block of the column-wise dot products (bounded temporaries for large P)
@@ -147,14 +147,16 @@ def xtrace(
     return float(est.mean()), _stderr(est), est
 
 
-def _trace_result(est, se, n_hvp: int, method: str, confidence: float, P: int) -> xr.DataArray:
+def _trace_result(
+    est, se, n_hvp: int, method: str, confidence: float, P: int, what: str = "Hessian trace"
+) -> xr.DataArray:
     z = float(norm.ppf(0.5 + confidence / 2))
     se = float(se) if se is not None else math.nan
     return xr.DataArray(
         float(est),
         name="trace",
         attrs={
-            "long_name": "Hessian trace",
+            "long_name": what,
             "units": "nats / param^2",
             "stderr": se,
             "ci_low": float(est) - z * se,
@@ -181,10 +183,19 @@ def hessian_trace(
     rtol: float | None = None,
     max_hvp: int = 2000,
     confidence: float = 0.95,
+    curvature: str = "hessian",
+    blocks: Any = None,
+    mc_samples: int = 1,
+    group: Any = None,
     engine: str = "auto",
     ctx,
 ) -> xr.DataArray:
-    """Trace of the Hessian of the data loss, ``tr H = sum_i H_ii``.
+    """Trace of the Hessian (or another curvature matrix) of the data loss, ``tr H = sum_i H_ii``.
+
+    ``curvature``, ``mc_samples``, ``blocks`` and ``group`` as in
+    :func:`~workbench.curvature.hessian_eigenvalues`: with ``blocks`` the result runs over a ``block``
+    dimension (``"(all)"`` first; ``stderr``, ``ci_low``, ``ci_high``, ``n_hvp`` become coordinates along it),
+    and the traces of a partition's blocks sum to the whole model's.
 
     ``method``: ``"hutchinson"`` (``mean z^T H z`` over Rademacher z), ``"hutch++"`` (low-rank part
     exact, Hutchinson on the rest; Meyer et al. 2021), ``"xtrace"`` (exchangeable Hutch++; Epperly et
@@ -208,26 +219,31 @@ def hessian_trace(
     rtol = positive("rtol", rtol, none=True)
     max_hvp = count("max_hvp", max_hvp)
     confidence = fraction("confidence", confidence)
-    choice("engine", engine, ENGINES)
+    make = operator_maker(ctx, curvature, engine, mc_samples, group)
     if rtol is not None and method == "xtrace":
         raise ValueError(
             "rtol: CI-based stopping is available for 'hutchinson' and 'hutch++'; XTrace is not incremental"
         )
-    obj = ctx.objective()
-    obj.loss()  # a clear error for bad inputs or a non-finite loss before any Hessian-vector product
-    P = obj.space.numel
-    rng = ctx.rng
-    total = P if method == "exact" else max(n_hvp, max_hvp) if rtol is not None else n_hvp
-    with ctx.bar(total, f"Hessian trace ({method})") as bar:
-        op = HessianOperator(obj, engine=engine, callback=bar.update)
+    what = f"{label(curvature)} trace"
+
+    def run(obj, name):
+        obj.loss()  # a clear error for bad inputs or a non-finite loss before any product
+        P = obj.space.numel
+        rng = ctx.rng
+        total = P if method == "exact" else max(n_hvp, max_hvp) if rtol is not None else n_hvp
+        with ctx.bar(total, f"{what} ({method})" + ("" if name is None else f" [{name}]")) as bar:
+            op = make(obj, callback=bar.update)
+            est, se = estimate(op, obj, P, rng)
+        return _trace_result(est, se, op.n_products, method, confidence, P, what)
+
+    def estimate(op, obj, P, rng):
         mm = finite_products(op.matmat, obj)
         on = {"device": op.device, "dtype": working_dtype(op.dtype)}
         if method == "exact":
             H = finite_products(lambda _: op.dense(), obj)(None)
-            return _trace_result(np.trace(H), 0.0, op.n_products, method, confidence, P)
+            return np.trace(H), 0.0
         if method == "xtrace":
-            est, se, _ = xtrace(mm, P, n_hvp, rng, **on)
-            return _trace_result(est, se, op.n_products, method, confidence, P)
+            return xtrace(mm, P, n_hvp, rng, **on)[:2]
         replay = copy.deepcopy(rng)  # the stream of the Hutch++ sketch, to rebuild its basis for rtol
         if method == "hutchinson":
             est, se, s = hutchinson(mm, P, n_hvp, rng, **on)
@@ -246,4 +262,6 @@ def hessian_trace(
                     G = G - Q @ (Q.T @ G)
                 s = np.r_[s, coldots(G, mm(G).to(G.dtype))]
                 est, se = t_low + s.mean(), s.std(ddof=1) / np.sqrt(len(s))
-    return _trace_result(est, se, op.n_products, method, confidence, P)
+        return est, se
+
+    return over_blocks(ctx, blocks, run)
