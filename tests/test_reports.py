@@ -55,6 +55,10 @@ def test_report_executes_and_writes_offline_html_and_netcdf(name, executed, zoo_
         assert float(ds.loss) == float(ev.loss)
         # the loss rise at alpha = 1 over L(theta) itself, also for an even number of steps
         assert float(ds.loss_rise) == pytest.approx(float(ds.slice_1d.sel(alpha=1.0).mean("seed")) - float(ev.loss))
+    if name == "sharpness":  # blockwise spectra (blocks="layer" by default): the whole model first, then layers
+        blocks = [str(b) for b in ds.eigenvalues["block"].values]
+        assert blocks[0] == "(all)" and len(blocks) >= 3 and "by block" not in html
+        assert "diagonal block" in html and float(ds.eigenvalues.sel(block="(all)")[0]) == float(ds.lambda_max)
     if name != "transferability":  # every headline number beside its range over the model's zoo family
         family = reports.family(reports.parameters(name)["model"].strip("\"'"))
         assert "range over the " + f"{len(family)} " in html and "rank among them" in html

@@ -7,7 +7,7 @@ these same functions.
 
 from .attention import attention_map, collapse_overview, heatmap, over_training
 from .landscape import interpolation, slice_1d, slice_2d
-from .sharpness import eigenvalues, over_checkpoints, resmooth, sharpness_vs_rho, spectral_density
+from .sharpness import block_spectrum, eigenvalues, over_checkpoints, resmooth, sharpness_vs_rho, spectral_density
 from .transfer import leaderboard, per_layer, score_vs_accuracy
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "slice_2d",
     "interpolation",
     "eigenvalues",
+    "block_spectrum",
     "spectral_density",
     "resmooth",
     "sharpness_vs_rho",

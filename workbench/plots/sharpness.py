@@ -8,6 +8,7 @@ import xarray as xr
 from plotly.subplots import make_subplots
 
 from ..curvature import density_from_nodes
+from ..curvature.blocks import WHOLE
 from .common import as_dict, categorical, integer_axis
 
 RITZ = "error bars: Ritz residual ||Hv - lambda v||, a bound on each eigenvalue's error"
@@ -15,6 +16,8 @@ RITZ = "error bars: Ritz residual ||Hv - lambda v||, a bound on each eigenvalue'
 
 def _eigen(result) -> tuple[xr.DataArray, np.ndarray | None]:
     """(eigenvalues over rank, residuals or None) of a hessian_eigenvalues Dataset or a DataArray."""
+    if "block" in result.dims:  # a blockwise result: the whole model
+        result = result.sel(block=WHOLE)
     if isinstance(result, xr.Dataset):
         name = "eigenvalue" if "eigenvalue" in result else "eigenvalues"
         da = result[name]
@@ -78,6 +81,54 @@ def eigenvalues(results, title: str | None = None, reference: dict | None = None
         xaxis_title=f"rank (0 = {which})",
         yaxis_title="eigenvalue" + (f" ({units})" if units else ""),
         yaxis_type="log" if log else "linear",
+        template="plotly_white",
+    )
+    return fig
+
+
+def block_spectrum(results, title: str | None = None, ranks: int = 3) -> go.Figure:
+    """Blockwise curvature over the ``block`` dimension of a :func:`workbench.curvature.hessian_eigenvalues`
+    Dataset (the top ``ranks`` eigenvalues of every block, Ritz residuals as error bars) or a
+    :func:`workbench.curvature.hessian_trace` DataArray (bars with their confidence interval), the whole model
+    (``"(all)"``) first; a dict label -> result puts models side by side (then only each block's top eigenvalue).
+
+    >>> import numpy as np, xarray as xr
+    >>> ds = xr.Dataset({"eigenvalue": (("block", "rank"), [[3.0, 1.0], [2.0, 0.5]]),
+    ...                  "residual": (("block", "rank"), np.zeros((2, 2)))},
+    ...                 coords={"block": ["(all)", "0"], "rank": [0, 1]})
+    >>> fig = block_spectrum(ds)
+    >>> [t.name for t in fig.data], list(fig.data[0].x), fig.data[0].y.tolist()
+    (['rank 0', 'rank 1'], ['(all)', '0'], [3.0, 2.0])
+    """
+    results = as_dict(results)
+    fig = go.Figure()
+    what = "curvature"
+    for label, r in results.items():
+        if "block" not in r.dims:
+            raise ValueError(f"results: {label or 'the result'} has no 'block' dimension; compute it with blocks=")
+        blocks = [str(b) for b in r["block"].values]
+        if isinstance(r, xr.Dataset):
+            what = r["eigenvalue"].attrs.get("long_name", "eigenvalues")
+            n = 1 if len(results) > 1 else min(ranks, r.sizes["rank"])
+            for k in range(n):
+                err = r["residual"].isel(rank=k).values if "residual" in r else None
+                fig.add_scatter(
+                    x=blocks,
+                    y=r["eigenvalue"].isel(rank=k).values,
+                    mode="markers",
+                    name=f"{label + ' ' if label else ''}rank {k}",
+                    marker=dict(size=11 - 2 * k),
+                    error_y=dict(type="data", array=err, visible=err is not None),
+                )
+        else:
+            what = r.attrs.get("long_name", "trace")
+            err = r["ci_high"].values - r.values if "ci_high" in r.coords else None
+            fig.add_bar(x=blocks, y=r.values, name=str(label) or what, error_y=dict(type="data", array=err))
+    fig.update_layout(
+        title=title or f"{what} by block ({WHOLE}: the whole model)",
+        xaxis_title="block (diagonal block of the curvature matrix)",
+        yaxis_title=what,
+        xaxis_type="category",
         template="plotly_white",
     )
     return fig

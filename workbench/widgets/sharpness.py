@@ -1,6 +1,6 @@
-"""Sharpness explorer: the Hessian spectral density with its kernel width as a slider (re-smoothed
-from the stored Lanczos nodes, no new Hessian-vector products), the top eigenvalues, and SAM
-sharpness against rho, for one or several models side by side."""
+"""Sharpness explorer: the Hessian (or GGN, Fisher ...) spectral density with its kernel width as a slider
+(re-smoothed from the stored Lanczos nodes, no new products), the top eigenvalues (per block too, with
+``blocks=``), and SAM sharpness against rho, for one or several models side by side."""
 
 from __future__ import annotations
 
@@ -8,20 +8,27 @@ import ipywidgets as W
 import numpy as np
 
 from .. import plots
-from ..curvature import hessian_eigenvalues, spectral_density
+from ..curvature import CURVATURES, hessian_eigenvalues, spectral_density
 from ..sharpness import sam_sharpness
 from .explorer import Explorer
 
 
 class SharpnessExplorer(Explorer):
     """``models``: a dict label -> model. Figures by :func:`workbench.plots.spectral_density`,
-    :func:`workbench.plots.eigenvalues` and :func:`workbench.plots.sharpness_vs_rho`.
+    :func:`workbench.plots.eigenvalues` and :func:`workbench.plots.sharpness_vs_rho`; with ``blocks``
+    (``"layer"``, ``"module"`` or a mapping, see :func:`workbench.curvature.parameter_blocks`) also the top
+    eigenvalues of every block (:func:`workbench.plots.block_spectrum`). ``curvature``: ``"hessian"``,
+    ``"ggn"``, ``"fisher"``, ... (:func:`workbench.curvature.curvature_operator`).
 
     >>> from workbench.testing import tiny_classifier
     >>> m, lf, data = tiny_classifier(20)
     >>> ex = SharpnessExplorer({"a": m}, lf, data, k=2, n_runs=1, n_lanczos=4, background=False)
     >>> len(ex.rho_fig.data[0].x), ex.eig_fig.layout.xaxis.dtick
     (6, 1)
+    >>> ex = SharpnessExplorer({"a": m}, lf, data, k=2, n_runs=1, n_lanczos=4, blocks="layer", curvature="ggn",
+    ...                        background=False)
+    >>> list(ex.block_fig.data[0].x)[:2], ex.block_fig.layout.title.text.split(" by")[0]
+    (['(all)', '0'], 'top GGN eigenvalues')
     """
 
     def __init__(
@@ -35,6 +42,8 @@ class SharpnessExplorer(Explorer):
         n_lanczos: int = 40,
         rho_max: float = 0.1,
         adaptive: bool = False,
+        curvature: str = "hessian",
+        blocks=None,
         background: bool = True,
     ):
         if not isinstance(models, dict) or not models:
@@ -42,6 +51,8 @@ class SharpnessExplorer(Explorer):
         super().__init__(background=background)
         self.models, self.loss_fn, self.data = models, loss_fn, data
         self.k, self.n_runs, self.n_lanczos = k, n_runs, n_lanczos
+        self.curvature, self.blocks = curvature, blocks
+        self.what = CURVATURES.get(curvature, curvature)
         self.sigma = W.FloatLogSlider(
             value=0.01,
             base=10,
@@ -64,8 +75,9 @@ class SharpnessExplorer(Explorer):
             readout_format=".2g",
         )
         self.adaptive = W.Checkbox(value=adaptive, description="adaptive (ASAM)")
-        self.density_fig = self.figure(height=380, title="Hessian eigenvalue density")
-        self.eig_fig = self.figure(height=340, title="top Hessian eigenvalues")
+        self.density_fig = self.figure(height=380, title=f"{self.what} eigenvalue density")
+        self.eig_fig = self.figure(height=340, title=f"top {self.what} eigenvalues")
+        self.block_fig = self.figure(height=340, title=f"top {self.what} eigenvalues by block")
         self.rho_fig = self.figure(height=340, title="sharpness vs rho")
         self.densities: dict = {}
         self.eigenvalues: dict = {}
@@ -74,7 +86,7 @@ class SharpnessExplorer(Explorer):
             w.observe(lambda _: self.redraw_density(), names="value")
         self.assemble(
             [[self.sigma, self.log], [self.rho_max, self.adaptive]],
-            [self.density_fig, W.HBox([self.eig_fig, self.rho_fig])],
+            [self.density_fig, W.HBox([self.eig_fig, self.rho_fig])] + ([self.block_fig] if blocks is not None else []),
             watch=[self.rho_max, self.adaptive],
             on_change=lambda: self.refresh(curvature=False),
             start=False,
@@ -97,7 +109,14 @@ class SharpnessExplorer(Explorer):
                 if curvature:
                     self.status.value = f"{label}: eigenvalues and spectral density ..."
                     self.eigenvalues[label] = hessian_eigenvalues(
-                        m, self.loss_fn, self.data, k=self.k, cancel=cancel, progress=self.progress_part(part, parts)
+                        m,
+                        self.loss_fn,
+                        self.data,
+                        k=self.k,
+                        curvature=self.curvature,
+                        blocks=self.blocks,
+                        cancel=cancel,
+                        progress=self.progress_part(part, parts),
                     )
                     self.densities[label] = spectral_density(
                         m,
@@ -105,6 +124,7 @@ class SharpnessExplorer(Explorer):
                         self.data,
                         n_runs=self.n_runs,
                         n_lanczos=self.n_lanczos,
+                        curvature=self.curvature,
                         cancel=cancel,
                         progress=self.progress_part(part + 1, parts),
                     )
@@ -130,9 +150,17 @@ class SharpnessExplorer(Explorer):
         if self.eigenvalues:
             self.draw(
                 self.eig_fig,
-                plots.eigenvalues(dict(self.eigenvalues), title="top Hessian eigenvalues (error bars: Ritz residuals)"),
+                plots.eigenvalues(
+                    dict(self.eigenvalues), title=f"top {self.what} eigenvalues (error bars: Ritz residuals)"
+                ),
                 height=340,
             )
+            if self.blocks is not None:
+                fig = plots.block_spectrum(
+                    dict(self.eigenvalues) if len(self.eigenvalues) > 1 else next(iter(self.eigenvalues.values())),
+                    title=f"top {self.what} eigenvalues by block ((all): the whole model)",
+                )
+                self.draw(self.block_fig, fig, height=340)
         if self.sharpness:
             kind = "adaptive SAM (ASAM)" if self.adaptive.value else "SAM"
             self.draw(
@@ -148,6 +176,6 @@ class SharpnessExplorer(Explorer):
                 sigma=self.sigma.value,
                 relative=True,
                 log=self.log.value,
-                title=f"Hessian eigenvalue density (kernel width {self.sigma.value:.2g} x range)",
+                title=f"{self.what} eigenvalue density (kernel width {self.sigma.value:.2g} x range)",
             )
             self.draw(self.density_fig, fig, height=380)
