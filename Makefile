@@ -53,8 +53,11 @@ lab: setup
 zoo: setup
 	$(PYTHON) -m workbench.zoo
 
+# The peers the benchmarks compare against (the `bench` extra) go in with --no-deps: their own requirements
+# would replace the pinned torch. benchmarks/_common.py is the scripts' shared helper, not a benchmark.
 benchmarks: setup
-	for f in benchmarks/*.py; do $(PYTHON) $$f || exit 1; done
+	$(PYTHON) -m pip install -q --disable-pip-version-check --no-deps $$($(PYTHON) benchmarks/_common.py --bench-requirements)
+	for f in benchmarks/[!_]*.py; do $(PYTHON) $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) data/cache reports
