@@ -23,7 +23,7 @@ from ..registry import Tags, probe
 from ..testing import hostile_case
 from ..validate import boolean, choice, count, finite_nonneg, integer
 from .blocks import WHOLE
-from .probing import BASES, KrylovBasis, finite_products, rademacher, working_dtype
+from .probing import BASES, KrylovBasis, finite_products, inner, norm, rademacher, working_dtype
 from .select import label, operator_maker, over_blocks
 
 STOCHASTIC = Tags(inputs="pair", stochastic=True, uses=("mode", "params", "seed", "device"))
@@ -86,7 +86,8 @@ def lanczos(
     ``basis``: where the ``m`` stored vectors live, ``"auto"``, ``"float64"``, ``"float32"`` (on the device),
     ``"host-float64"`` or ``"host-float32"`` (host memory, pinned for CUDA; see
     :func:`~workbench.curvature.probing.resolve_basis`). Vectors, dot products and norms are in the working
-    precision, float64 for a float64 ``v0``, else float32 (never less: bf16 / fp16 products are promoted);
+    precision, float64 for a float64 ``v0``, else float32 (never less: bf16 / fp16 products are promoted; the
+    sums in ``alpha``, ``beta`` and the norms are cascade / tree reductions: :func:`.probing.inner`);
     ``alpha`` and ``beta`` are float64 numpy. The run stops at an invariant subspace
     (``beta_j <= max(1e-12, 1000 eps) max(1, max |alpha|)``), and, with ``k`` and ``tol``, as soon as the ``k``
     extreme Ritz values on the ``which`` side have residuals ``|beta_j e_j^T s_i| <= tol * |theta_i|`` (in exact
@@ -109,29 +110,29 @@ def lanczos(
     tiny = max(1e-12, 1000 * torch.finfo(wd).eps)
     alpha, beta = np.zeros(m), np.zeros(m)
     q = v0.to(wd)
-    q = q / torch.linalg.vector_norm(q)
+    q = q / norm(q)
     q_prev, Y, n_good, n = None, None, 0, 0
     for j in range(m):
         B.append(q)
         w = matvec(q).to(wd)
         n += 1
-        alpha[j] = float(torch.dot(q, w))
+        alpha[j] = inner(q, w)
         if reorth == "full":
             w = B.project_out(B.project_out(w.clone()))
         else:
             w = w - alpha[j] * q
             if q_prev is not None:
                 w.sub_(beta[j - 1] * q_prev)
-            w.sub_(torch.dot(q, w) * q)
+            w.sub_(inner(q, w) * q)
             theta, S = np.linalg.eigh(LanczosResult(alpha[: j + 1], beta[: j + 1], None, n).tridiagonal())
-            bound = np.abs(float(torch.linalg.vector_norm(w)) * S[-1])
+            bound = np.abs(norm(w) * S[-1])
             good = bound <= np.sqrt(eps) * np.abs(theta).max()
             if good.sum() > n_good:  # a Ritz vector has converged: (re)compute the good ones
                 Y, n_good = torch.linalg.qr(B.combine(S[:, good]))[0], int(good.sum())
             if Y is not None:
                 for _ in range(2):
                     w.sub_(Y @ (Y.T @ w))
-        b = float(torch.linalg.vector_norm(w))
+        b = norm(w)
         beta[j] = b
         done = b <= tiny * max(1.0, np.abs(alpha[: j + 1]).max())
         if k is not None and tol is not None and j + 1 >= max(k, min_steps or 0):
