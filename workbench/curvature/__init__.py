@@ -5,9 +5,10 @@ Operators: :class:`CurvatureOperator`, a symmetric matrix known by its products 
 :class:`GGNOperator` (:mod:`.gauss_newton`); :class:`FisherOperator`, :class:`MCFisherOperator`,
 :class:`EmpiricalFisherOperator` (:mod:`.fisher`); :func:`curvature_operator` chooses one by name;
 :func:`parameter_blocks` splits the parameters into blocks for blockwise spectra (:mod:`.blocks`).
-Probes: :func:`hessian_eigenvalues` (Lanczos / eigsh), :func:`hessian_trace` (Hutchinson, Hutch++,
+Probes: :func:`hessian_eigenvalues` (Lanczos), :func:`hessian_trace` (Hutchinson, Hutch++,
 XTrace, exact), :func:`spectral_density` (stochastic Lanczos quadrature), :func:`exact_hessian`.
-The matrix-free linear algebra under them works on any operator given by a float64 mat-vec.
+The matrix-free linear algebra under them (torch-native, on the operator's device) works on any symmetric
+operator given by a torch mat-vec.
 """
 
 from .blocks import parameter_blocks

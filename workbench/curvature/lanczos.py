@@ -209,7 +209,7 @@ def hessian_eigenvalues(
     ``tol=1e-3`` gives eigenvalues near the precision of the products. ``reorth``: ``"full"`` or
     ``"selective"``; ``basis``: ``"auto"``, ``"float64"``, ``"float32"``, ``"host-float64"`` or
     ``"host-float32"`` (the storage of the Lanczos vectors; the one ``"auto"`` chose is recorded in
-    ``probe_params``). A float32 model runs the solver in float32: eigenvalues within about ``1e-5 ||H||``
+    ``probe_params``). A float32 model runs the solver in float32: eigenvalues within about ``1e-6 ||H||``
     of the float64 ones (products and basis both carry float32 rounding). ``method`` is ``"lanczos"``, the only
     method: for scipy's ARPACK use ``scipy.sparse.linalg.eigsh(HessianOperator(objective).to_scipy(), ...)``.
 
