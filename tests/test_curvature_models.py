@@ -162,7 +162,7 @@ def test_every_curvature_probe_runs_on_an_sdpa_model(name, tmp_path):
     lf, data = LOSS[name], batch(name)
     P = sum(p.numel() for p in model.parameters())
     for curvature in ("hessian", "ggn", "empirical_fisher"):
-        kw = dict(k=2, max_hvp=6, curvature=curvature, seed=0, fallback=name == "mha")  # see the xfail below
+        kw = dict(k=2, max_hvp=6, curvature=curvature, seed=0)
         r = quiet(S.hessian_eigenvalues, model, lf, data, **kw)
         ev = r.eigenvalue.values
         assert len(ev) == 2 and np.all(np.isfinite(ev)) and ev[0] >= ev[1] and ev[0] > 0
@@ -170,7 +170,7 @@ def test_every_curvature_probe_runs_on_an_sdpa_model(name, tmp_path):
             assert ev[1] >= -1e-5 * ev[0]
     tr = quiet(S.hessian_trace, model, lf, data, n_hvp=6, seed=0)
     assert np.isfinite(float(tr)) and np.isfinite(tr.attrs["stderr"]) and tr.attrs["n_hvp"] == 6
-    kw = dict(n_runs=1, n_lanczos=4, curvature="ggn", seed=0, fallback=name == "mha")
+    kw = dict(n_runs=1, n_lanczos=4, curvature="ggn", seed=0)
     d = quiet(S.spectral_density, model, lf, data, **kw)
     nodes = np.asarray(d.attrs["slq_nodes"])
     assert np.all(np.isfinite(d.values)) and np.isclose(np.trapezoid(d.values, d.eigenvalue.values), 1, atol=1e-3)
@@ -229,7 +229,7 @@ def test_sdpa_curvature_equals_the_eager_twins_ground_truth(name, tmp_path):
     scale = np.abs(H).max()
     rel = EAGER_RTOL.get(name, 1e-9)
     assert np.abs(G - H).max() > 1e-3 * scale  # the subset is not linear in the logits: GGN != Hessian
-    kw = dict(params=names, fallback=name == "mha")
+    kw = dict(params=names)
     Hw = quiet(S.exact_hessian, model, lf, (x, y), **kw).values
     np.testing.assert_allclose(Hw, H, rtol=0, atol=rel * scale)
     Gw = quiet(S.exact_hessian, model, lf, (x, y), curvature="ggn", **kw).values
@@ -256,7 +256,7 @@ def test_fisher_equals_ggn_on_a_logits_model(name, tmp_path):
     model = model if name == "mha" else Logits(model)
     names = SUBSET[name] if name == "mha" else ["hf." + n for n in SUBSET[name]]
     lf, data = nn.CrossEntropyLoss(), batch(name, torch.float64)
-    kw = dict(params=names, fallback=name == "mha")
+    kw = dict(params=names)
     G = quiet(S.exact_hessian, model, lf, data, curvature="ggn", **kw).values
     Fi = quiet(S.exact_hessian, model, lf, data, curvature="fisher", **kw).values
     np.testing.assert_allclose(Fi, G, rtol=0, atol=1e-10 * np.abs(G).max())
@@ -264,18 +264,14 @@ def test_fisher_equals_ggn_on_a_logits_model(name, tmp_path):
     assert np.abs(np.trace(mc) / np.trace(G) - 1) < 0.1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nn.MultiheadAttention in eval mode takes its fast path (aten::_native_multi_head_attention) inside "
-    "torch.func.jvp, which has no forward AD; the GGN / Fisher func engine falls back to double backward. "
-    "ModelCurvature.product could disable torch.backends.mha.set_fastpath_enabled alongside the math sdpa kernel",
-)
 def test_output_curvature_of_multihead_attention_keeps_the_func_engine():
-    """The GGN of nn.MultiheadAttention by the vectorised func engine (forward-mode J v), without fallback."""
+    """The GGN of nn.MultiheadAttention by the vectorised func engine (forward-mode J v), without fallback: the
+    products switch MHA's fused inference path off (it has no forward-mode derivative) and back on."""
+    assert torch.backends.mha.get_fastpath_enabled()
     torch.manual_seed(0)
     model, lf, data = MHAClassifier().eval(), nn.CrossEntropyLoss(), batch("mha")
     r = S.hessian_eigenvalues(model, lf, data, k=1, max_hvp=3, curvature="ggn", engine="func", progress=False)
-    assert np.isfinite(r.eigenvalue.values).all()
+    assert np.isfinite(r.eigenvalue.values).all() and torch.backends.mha.get_fastpath_enabled()
 
 
 def sdpa_flags():
@@ -318,7 +314,7 @@ def test_second_order_probes_use_math_attention_and_restore_the_callers_backend(
             (S.exact_hessian, dict(params=["head.bias"])),
         ]:
             model.seen.clear()
-            quiet(probe, model, lf, data, fallback=True, **kw)
+            quiet(probe, model, lf, data, **kw)
             assert MATH_ONLY in model.seen and set(model.seen) <= {MATH_ONLY, FLASH_ONLY}, probe.__name__
             assert sdpa_flags() == FLASH_ONLY, probe.__name__
         for probe, kw in [

@@ -24,6 +24,7 @@ graphs alive (PyHessian issue #28).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 
@@ -37,6 +38,18 @@ from ..objective import Objective
 from ..validate import interrupt_in
 
 ENGINES = ("auto", "func", "double_backward")
+
+
+@contextlib.contextmanager
+def mha_fastpath(enabled: bool):
+    """``nn.MultiheadAttention``'s fused inference path switched to ``enabled`` and back (the fused kernel has no
+    forward-mode derivative, which the GGN's Jacobian-vector products need)."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
 
 
 def process_group(group):
@@ -165,7 +178,8 @@ class ModelCurvature(CurvatureOperator):
     ``theta`` (default theta0), the ``engine`` (``"auto"``, ``"func"``, ``"double_backward"``), the number of
     vectors ``chunk`` vectorised together by ``torch.func.vmap``, the sample weights ``n_b / N`` (N summed over
     the ranks of ``group``) and attention through the math backend of ``scaled_dot_product_attention``
-    (the fused kernels have no second derivative; the caller's backend choice is restored afterwards).
+    (the fused kernels have no second derivative; the caller's backend choice is restored afterwards), and
+    ``nn.MultiheadAttention`` off its fused inference path (:func:`mha_fastpath`).
     Products are computed in the model's dtype and accumulated in float32 or wider
     (:func:`accumulation_dtype`)."""
 
@@ -188,7 +202,7 @@ class ModelCurvature(CurvatureOperator):
     def product(self, V: torch.Tensor) -> torch.Tensor:
         """The operator's product with every row of ``V``, sample-weighted over the objective's batches."""
         V = V.to(self.objective.dtype)
-        with sdpa_kernel(SDPBackend.MATH):
+        with sdpa_kernel(SDPBackend.MATH), mha_fastpath(False):
             if self.engine == "double_backward":
                 return self._double_backward(V)
             if self.engine == "func":
