@@ -362,13 +362,6 @@ def test_mc_fisher_converges_to_the_fisher(name):
     assert rel(same.dense(), F, "(MC Fisher S=100, same seed)") == pytest.approx(err[100], rel=1e-9)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (fisher.likelihood): CrossEntropyLoss(ignore_index=0) passes as a plain categorical likelihood, "
-    "but the labels MCFisherOperator samples include the ignored class, whose samples drop out of the loss: "
-    "the MC Fisher is ~78 % off the Fisher at S=4000 (plain loss: 0.8 %). Refuse an ignore_index >= 0 (or "
-    "sample only where it cannot be drawn)",
-)
 def test_mc_fisher_with_an_ignore_index_that_is_a_class_is_refused_or_right():
     m, _, x, y, _, _ = make("mlp")
     y = torch.where(y == 0, 1, y)  # no sample carries class 0: on this data the loss is the plain mean
@@ -452,12 +445,6 @@ def test_operator_at_another_theta_and_the_product_plumbing():
     assert rel(t.hessian(), T, "(Hessian at theta0 vs theta)") > 1e-3  # theta matters
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (ModelCurvature.__init__): theta is taken as given: one of the wrong length fails only at the first "
-    "product with an error naming 'direction:', one of another dtype with torch's 'mat1 and mat2 must have the "
-    "same dtype'; expected a ValueError naming theta: at construction (or a cast to the objective's dtype)",
-)
 def test_a_bad_theta_is_refused_by_name():
     obj = objective("mlp")
     with pytest.raises(ValueError, match="theta:"):

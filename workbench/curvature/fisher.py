@@ -41,6 +41,7 @@ def likelihood(loss_fn) -> str | None:
         return "gaussian"
     if isinstance(loss_fn, nn.CrossEntropyLoss):
         plain = loss_fn.reduction == "mean" and loss_fn.weight is None and loss_fn.label_smoothing == 0
+        plain = plain and loss_fn.ignore_index < 0  # a sampled label could be the ignored class
         return "categorical" if plain else None
     if isinstance(loss_fn, nn.MSELoss):
         return "gaussian" if loss_fn.reduction == "mean" else None
@@ -52,7 +53,7 @@ def check_likelihood(loss_fn, curvature: str) -> str:
     if kind is None:
         raise ValueError(
             f"curvature: {curvature!r} needs the loss to be a negative log-likelihood workbench can sample from: "
-            "torch.nn.CrossEntropyLoss() (no class weights or label smoothing) or torch.nn.MSELoss(), with "
+            "torch.nn.CrossEntropyLoss() (no class weights, label smoothing or class-valued ignore_index) or torch.nn.MSELoss(), with "
             f"reduction='mean'; got loss_fn={loss_fn!r}. Use curvature='ggn' (the Fisher's equal for those losses) "
             "or 'empirical_fisher' for other losses"
         )

@@ -190,10 +190,21 @@ class ModelCurvature(CurvatureOperator):
             raise TypeError(f"objective: expected a workbench.objective.Objective, got {type(objective).__name__}")
         super().__init__(objective.space.numel, objective.device, accumulation_dtype(objective.dtype), callback, group)
         self.objective = objective
-        self.theta = (objective.theta0 if theta is None else theta).detach()
+        self.theta = objective.theta0.detach() if theta is None else self.check_theta(theta, objective)
         self.engine = engine
         self.chunk = int(chunk)
         self.n_total = total_samples(objective, self.group)
+
+    @staticmethod
+    def check_theta(theta, objective) -> torch.Tensor:
+        """``theta`` as a flat vector of the objective's parameter space, on its device and in its dtype."""
+        P = objective.space.numel
+        if not isinstance(theta, torch.Tensor) or theta.shape != (P,) or not theta.is_floating_point():
+            got = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
+            raise ValueError(
+                f"theta: expected a flat float tensor of the {P} parameters (the objective's theta0 shape), got {got}"
+            )
+        return theta.detach().to(objective.device, objective.dtype)
 
     def weight(self, n: int) -> float:
         """The weight ``n_b / N`` of a batch of ``n`` samples in the full-data mean."""
