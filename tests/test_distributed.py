@@ -43,6 +43,7 @@ def _worker(rank, world, port, out):
         xs, ys = (x[:cut], y[:cut]) if rank == 0 else (x[cut:], y[cut:])
         data = [(xs[i : i + 8], ys[i : i + 8]) for i in range(0, len(ys), 8)]
         np.save(f"{out}/rank{rank}.npy", _probes(model, lf, data, True))
+        dist.barrier()  # no rank tears its group down while the other still talks to it
     finally:
         dist.destroy_process_group()
 

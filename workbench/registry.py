@@ -273,6 +273,7 @@ def probe(name: str, *, case: Callable | None = None, tags: Tags | None = None):
             mods = list(
                 {id(m): m for m in _modules_in([arguments[k] for k in SUBJECTS if k in arguments], [])}.values()
             )
+            ctx.modules = mods
             if tail["device"] is not None:
                 _check_device(mods, tail["device"])
             with surfacing_interrupts(), _locked(mods, ctx):
@@ -289,10 +290,17 @@ def probe(name: str, *, case: Callable | None = None, tags: Tags | None = None):
 
 def _run(func, ctx: Context, tail: dict, bound, arguments: dict, mods: list, body_sig, tags: Tags):
     """The body under the thread count, the state guard and RNG isolation; then provenance."""
+    try:
+        return _run_body(func, ctx, tail, bound, arguments, body_sig, tags)
+    finally:
+        ctx.release()  # no reference cycle (Objective -> ctx.check_cancel -> ctx) outlives the call
+
+
+def _run_body(func, ctx: Context, tail: dict, bound, arguments: dict, body_sig, tags: Tags):
     name = ctx.probe
     t0 = time.perf_counter()
     try:
-        with threads(), preserve(*mods), isolated_rng(ctx.seed):
+        with threads(), preserve(*ctx.modules), isolated_rng(ctx.seed):
             ctx.check_cancel()
             out = func(*bound.args, ctx=ctx, **bound.kwargs)
     except Exception as e:

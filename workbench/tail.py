@@ -164,6 +164,10 @@ class Context:
         """Extra entries for ``probe_params`` (e.g. the number of samples)."""
         self.extra_params.update(kw)
 
+    def release(self) -> None:
+        """Drop what the call built (its Objective refers back to this context): called when the probe returns."""
+        self._objective = None
+
     def objective(self, model: nn.Module | None = None, loss_fn=None, data=None, params=None):
         """The :class:`~workbench.objective.Objective` of ``model`` (default the call's), with the tail's
         ``params`` (or ``params``, a subset for blockwise probes) and ``mode``; cancellation is checked at every
