@@ -53,7 +53,8 @@ def check_likelihood(loss_fn, curvature: str) -> str:
     if kind is None:
         raise ValueError(
             f"curvature: {curvature!r} needs the loss to be a negative log-likelihood workbench can sample from: "
-            "torch.nn.CrossEntropyLoss() (no class weights, label smoothing or class-valued ignore_index) or torch.nn.MSELoss(), with "
+            "torch.nn.CrossEntropyLoss() (no class weights, label smoothing or class-valued ignore_index) or "
+            "torch.nn.MSELoss(), with "
             f"reduction='mean'; got loss_fn={loss_fn!r}. Use curvature='ggn' (the Fisher's equal for those losses) "
             "or 'empirical_fisher' for other losses"
         )
