@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from .config import get_threads, set_threads, threads  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
