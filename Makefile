@@ -7,6 +7,9 @@ PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.workbench-installed
 # One intra-op thread: on small shared machines it is often many times faster than two.
 export WORKBENCH_THREADS ?= 1
+# Developers' caches (the demo zoo, the benchmarks' references) stay in the checkout, where `make clean` finds
+# them; an installed workbench uses the user's cache directory (platformdirs) unless WORKBENCH_CACHE says otherwise.
+export WORKBENCH_CACHE ?= $(CURDIR)/data/cache
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup report test lint format lab zoo benchmarks clean browser
@@ -60,4 +63,4 @@ benchmarks: setup
 	for f in benchmarks/[!_]*.py; do $(PYTHON) $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) data/cache reports
+	rm -rf $(VENV) data/cache reports dist

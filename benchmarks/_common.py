@@ -90,7 +90,7 @@ def peak_rss() -> int:
 
 def exact_spectrum(model, loss_fn, x, y, tag: str):
     """Eigenvalues (ascending) of the exact float64 Hessian of ``loss_fn(model(x), y)``, cached under
-    data/cache/bench by model fingerprint and ``tag`` (benchmarks/sharpness.py uses the sample count)."""
+    zoo.cache_root() / "bench" by model fingerprint and ``tag`` (benchmarks/sharpness.py uses the sample count)."""
     import copy
 
     import numpy as np
@@ -100,7 +100,7 @@ def exact_spectrum(model, loss_fn, x, y, tag: str):
     from workbench import zoo
 
     key = hashlib.sha256((wb.results.model_fingerprint(model) + tag).encode()).hexdigest()[:12]
-    cache = zoo.cache_dir().parent / "bench" / f"exact_spectrum_{key}.npz"
+    cache = zoo.cache_root() / "bench" / f"exact_spectrum_{key}.npz"
     if cache.exists():
         return np.load(cache)["ev"]
     P = sum(p.numel() for p in model.parameters())

@@ -338,7 +338,7 @@ if args.reference:
     import hashlib
 
     key = hashlib.sha256((wb.results.model_fingerprint(model) + str(N_SENT)).encode()).hexdigest()[:12]
-    cache = zoo.cache_dir().parent / "bench" / f"minilm_reference_{key}.npz"
+    cache = zoo.cache_root() / "bench" / f"minilm_reference_{key}.npz"
     if cache.exists():
         ref = np.load(cache)["ev"]
     else:

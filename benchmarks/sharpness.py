@@ -6,7 +6,7 @@ exact Hessian, side by side in one run:
   * PyHessian 0.1 (PyPI): power iteration with deflation (top-k), Hutchinson with its relative-change stop.
 
 Prints relative error against the exact spectrum, HVP count and seconds (medians over seeds).
-The exact Hessian (8,970 HVPs + eigvalsh, a few minutes on 2 cores) is cached under data/cache/bench.
+The exact Hessian (8,970 HVPs + eigvalsh, a few minutes on 2 cores) is cached under zoo.cache_root() / "bench".
 Run: .venv/bin/python benchmarks/sharpness.py [--samples 512]
 """
 
@@ -42,7 +42,7 @@ lf = torch.nn.CrossEntropyLoss()
 K = 5
 
 key = hashlib.sha256((wb.results.model_fingerprint(model) + str(args.samples)).encode()).hexdigest()[:12]
-cache = zoo.cache_dir().parent / "bench" / f"exact_spectrum_{key}.npz"
+cache = zoo.cache_root() / "bench" / f"exact_spectrum_{key}.npz"
 if cache.exists():
     ev = np.load(cache)["ev"]
 else:

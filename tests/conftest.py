@@ -1,8 +1,14 @@
 import os
+from pathlib import Path
 
 os.environ.setdefault("WORKBENCH_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# The suite's caches (the demo zoo the zoo_built fixture builds) go to the checkout's ignored data/cache, not the
+# user's cache directory: a run on a fresh clone (CI) builds its own zoo and leaves nothing outside the clone, and
+# report kernels started by papermill inherit the variable. An explicit WORKBENCH_CACHE or WORKBENCH_DATA wins.
+if not os.environ.get("WORKBENCH_CACHE") and not os.environ.get("WORKBENCH_DATA"):
+    os.environ["WORKBENCH_CACHE"] = str(Path(__file__).resolve().parents[1] / "data" / "cache")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

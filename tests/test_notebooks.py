@@ -7,7 +7,9 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-NB = Path(__file__).resolve().parents[1] / "notebooks"
+from workbench.reports import REPORTS_DIR
+
+NB = Path(__file__).resolve().parents[1] / "notebooks"  # the exploratory notebooks; the reports' are package data
 
 CASES = {
     "loss_landscape.ipynb": dict(steps=7, n_seeds=2),
@@ -35,7 +37,9 @@ def test_notebook_runs_and_draws(name, tmp_path, zoo_built):
 
 
 def test_every_notebook_has_a_parameters_cell_and_the_project_kernel():
-    for path in NB.glob("*.ipynb"):
+    paths = [*NB.glob("*.ipynb"), *REPORTS_DIR.glob("*.ipynb")]
+    assert len(paths) == 10
+    for path in paths:
         nb = json.loads(path.read_text())
         assert nb["metadata"]["kernelspec"]["name"] == "workbench", path
         assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"]), path

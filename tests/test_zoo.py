@@ -113,3 +113,16 @@ def test_minilm_is_the_real_pretrained_model():
     e = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
     sim = e @ e.T
     assert float(sim[0, 1]) > float(sim[0, 2]) + 0.3  # pre-trained semantics, not random weights
+
+
+def test_zoo_cache_follows_workbench_cache(tmp_path, monkeypatch):
+    import workbench.zoo as zoo
+
+    monkeypatch.delenv("WORKBENCH_DATA", raising=False)
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "c"))
+    assert zoo.build(["src-mlp-untrained"], progress=False) == ["src-mlp-untrained"]
+    assert [p.name for p in (tmp_path / "c").rglob("*") if p.is_file()] == ["src-mlp-untrained.pt"]
+    assert zoo.build(["src-mlp-untrained"], progress=False) == []  # cached: found again, not rebuilt
+    monkeypatch.delenv("WORKBENCH_CACHE")
+    monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "d"))  # the older override still works
+    assert zoo.cache_dir() == tmp_path / "d" / "cache" / "zoo"

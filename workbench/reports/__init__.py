@@ -1,4 +1,4 @@
-"""Parameterised reports: the notebooks in ``notebooks/reports/`` executed by papermill.
+"""Parameterised reports: the notebooks in ``workbench/reports/notebooks/`` (package data) executed by papermill.
 
 :func:`run_report` runs one report and writes the executed notebook, a self-contained offline HTML
 page and the results as netCDF (:mod:`.runner`); :func:`sweep` runs a report over a parameter grid

@@ -1,6 +1,7 @@
 """Run one report notebook with papermill and write it as offline HTML.
 
-:func:`run_report` executes one notebook of ``notebooks/reports/`` on the project's kernel and
+:func:`run_report` executes one report notebook (package data: ``workbench/reports/notebooks/``, found through
+:mod:`importlib.resources`, so it works from a wheel as from the checkout) on the project's kernel and
 writes, side by side in ``out``: the executed ``NAME.ipynb``, a self-contained ``NAME.html`` (input
 cells hidden, plotly.js embedded, no external scripts: it renders offline) and the results
 ``NAME.nc``, whose attr ``report_params`` records every parameter of the run (the report's defaults
@@ -15,11 +16,13 @@ import json
 import os
 import re
 import time
+from importlib.resources import files
 from pathlib import Path
 
 from ..results import DamagedFileError, atomic_write, load, save
 
-REPORTS_DIR = Path(__file__).resolve().parents[2] / "notebooks" / "reports"
+#: the report notebooks, shipped inside the package (a real directory: papermill reads them by path)
+REPORTS_DIR = Path(str(files(__package__) / "notebooks"))
 #: the attr of a report's results that records all its parameters (JSON)
 PARAMS_ATTR = "report_params"
 #: environment of an executed report: no progress bars (they do not render in static HTML), one
@@ -41,7 +44,11 @@ def available() -> dict[str, Path]:
 
 
 def report_path(name: str) -> Path:
-    """The notebook of report ``name`` (a :class:`ReportError` naming the available ones if none)."""
+    """The notebook of report ``name`` (a :class:`ReportError` naming the available ones if none).
+
+    >>> report_path("model_report").relative_to(REPORTS_DIR.parent).as_posix()
+    'notebooks/model_report.ipynb'
+    """
     reps = available()
     if name not in reps:
         raise ReportError(f"report: no report named {name!r}; available: {', '.join(reps)} (see `workbench list`)")

