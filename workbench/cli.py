@@ -31,6 +31,34 @@ def _resources(text: str) -> dict:
         raise argparse.ArgumentTypeError(str(e).removeprefix("resources: ")) from None
 
 
+def _device(text: str) -> str:
+    """``--device``: ``cpu``, ``cuda`` or ``auto`` (CUDA when torch sees one, else the CPU)."""
+    if text not in ("cpu", "cuda", "auto"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or auto, got {text!r}")
+    return text
+
+
+def _with_device(reports, name: str, params: dict, device: str | None, resolve: bool = True) -> dict:
+    """``params`` with ``device`` set (``auto`` resolved here when ``resolve``); a report without a ``device``
+    parameter is refused by name rather than silently run on the CPU."""
+    if device is None:
+        return params
+    if "device" not in reports.parameters(name):
+        having = [n for n in reports.available() if "device" in reports.parameters(n)]
+        raise reports.ReportError(
+            f"--device: report {name!r} has no device parameter (it runs on the CPU); "
+            f"reports with one: {', '.join(having) or 'none'}"
+        )
+    if resolve:
+        from .loading import resolve_device
+
+        try:
+            device = str(resolve_device(device))
+        except ValueError as e:
+            raise reports.ReportError(f"--{e}") from None
+    return {**params, "device": device}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="workbench", description="workbench reports and sweeps")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -40,6 +68,8 @@ def main(argv=None) -> int:
     r.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"))
     r.add_argument("-y", "--yaml", help="parameters as a YAML mapping (a string or a file path)")
     r.add_argument("--out", default="reports")
+    dev_help = "where the model runs: cpu, cuda or auto (CUDA when available); for reports with a device parameter"
+    r.add_argument("--device", type=_device, default=None, help=dev_help)
     s = sub.add_parser("sweep", help="run a report over a parameter grid on dask.distributed")
     s.add_argument("name")
     s.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...")
@@ -54,6 +84,7 @@ def main(argv=None) -> int:
         help="dask worker resources each point holds, e.g. GPU=1 (default: none, CPU)",
     )
     s.add_argument("--out", default="reports/sweep")
+    s.add_argument("--device", type=_device, default=None, help=dev_help)
     sub.add_parser("zoo", help="build the demo zoo and print its summary")
     a = ap.parse_args(argv)
 
@@ -79,6 +110,7 @@ def main(argv=None) -> int:
                 if not isinstance(loaded, dict):
                     raise reports.ReportError("-y: expected a YAML mapping of parameter: value")
                 params.update(loaded)
+            params = _with_device(reports, a.name, params, a.device)
             res = reports.run_report(a.name, params, a.out)
             print(f"report {a.name}: {res['html']} ({res['seconds']:.1f} s)")
             print(f"  notebook {res['ipynb']}\n  results  {res['nc']}")
@@ -95,7 +127,7 @@ def main(argv=None) -> int:
                     a.name,
                     grid,
                     a.out,
-                    base=_kv(a.parameter),
+                    base=_with_device(reports, a.name, _kv(a.parameter), a.device, resolve=a.scheduler is None),
                     workers=a.workers,
                     scheduler=a.scheduler,
                     resources=a.resources,

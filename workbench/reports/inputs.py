@@ -1,42 +1,54 @@
-"""What a report notebook reads: a model (zoo name, MiniLM, or a state_dict file with a builder),
-named data, and the zoo models it is compared with (its *family*)."""
+"""What a report notebook reads: a model (any spec of :func:`workbench.loading.load_model`: a zoo name, MiniLM,
+a Hugging Face directory, a state dict with a builder, a Lightning or TorchScript file), named data, and the zoo
+models it is compared with (its *family*)."""
 
 from __future__ import annotations
 
-import importlib
-
-import torch
 from torch import nn
 
-from .. import zoo
+from .. import loading, zoo
 from ..zoo import transfer as zoo_transfer
 from .runner import ReportError
 
 
 def load_model(
-    model: str = "mlp-sgd-small-s0", checkpoint: str = "", builder: str = "", checkpoint_index: int = -1
+    model: str = "mlp-sgd-small-s0",
+    checkpoint: str = "",
+    builder: str = "",
+    checkpoint_index: int = -1,
+    device: str | None = None,
+    module_class: str = "",
 ) -> nn.Module:
-    """A zoo model by name (``checkpoint_index`` picks one of its saved checkpoints; -1 the final model),
-    ``"minilm"``, or ``checkpoint`` (a state_dict file, read with ``torch.load(weights_only=True)``)
-    loaded into the module that ``builder`` (``"package.module:function"``) returns.
+    """The report's model, in eval mode on ``device`` (``"cpu"``, ``"cuda"``, ``"auto"``; ``None`` or ``""``: the
+    CPU): ``checkpoint`` when given (a ``.safetensors`` / ``.pt`` state dict for ``builder``
+    (``"package.module:function"``), a Lightning ``.ckpt`` for ``module_class`` (``"package.module:Class"``) or
+    ``builder``, a TorchScript file), else ``model``: a zoo name (``checkpoint_index`` picks one of its saved
+    checkpoints; -1 the final model), ``"minilm"``, or a local Hugging Face directory (``"hf:<dir>"`` too).
+    Loaded by :func:`workbench.loading.load_model`: ``weights_only``, offline.
 
     >>> load_model("no-such-model")
     Traceback (most recent call last):
     ...
-    ValueError: name: no zoo model 'no-such-model'; available: ...
+    ValueError: model: no zoo model 'no-such-model' and no such file; expected a demo-zoo model name, ...
+    >>> load_model("mlp-sgd-small-s0", checkpoint_index=0, device="cpu").training
+    False
     """
-    if checkpoint:
-        if not builder:
-            raise ReportError("builder: a checkpoint file needs builder='package.module:function' returning the model")
-        mod, _, fn = builder.partition(":")
-        m = getattr(importlib.import_module(mod), fn)()
-        m.load_state_dict(torch.load(checkpoint, weights_only=True, map_location="cpu"))
-        return m.eval()
-    if model == "minilm":
-        return zoo.minilm()[0]
-    if checkpoint_index is None or checkpoint_index == -1:
-        return zoo.load(model)
-    return zoo.load(model, checkpoint=int(checkpoint_index))
+    arg, spec = ("checkpoint", checkpoint) if checkpoint else ("model", model)
+    try:
+        if not checkpoint and checkpoint_index is not None and checkpoint_index != -1:
+            if loading.describe_spec(model) != "zoo":
+                raise ReportError(
+                    f"checkpoint_index: only a zoo model has saved checkpoints; {model!r} is not one (leave it at -1)"
+                )
+            spec = zoo.load(model, checkpoint=int(checkpoint_index))
+        return loading.load_model(
+            spec, device=device or None, builder=builder or None, module_class=module_class or None
+        )
+    except (ValueError, FileNotFoundError) as e:
+        msg = str(e)
+        if not msg.startswith("spec:"):
+            raise
+        raise type(e)(arg + msg.removeprefix("spec")) from None
 
 
 def load_data(data: str = "digits-train", n_samples: int = 0, image: bool = False) -> tuple:
