@@ -32,6 +32,7 @@ _LAZY = (
     "reports",
     "zoo",
     "testing",
+    "tasks",
 )
 
 __all__ = [

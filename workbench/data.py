@@ -258,7 +258,7 @@ def _cat(parts):
 def _is_batch_list(data) -> bool:
     """A list of two (inputs, targets) batches looks like a pair; tell them apart."""
     return isinstance(data, list) and all(
-        isinstance(b, (tuple, list)) and len(b) == 2 and isinstance(b[1], torch.Tensor) for b in data
+        isinstance(b, (tuple, list)) and len(b) == 2 and isinstance(b[1], (torch.Tensor, Mapping)) for b in data
     )
 
 
