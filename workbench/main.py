@@ -1,5 +1,5 @@
 """The main job (``make report``): build the demo zoo, print its summary, and run the overview report
-(``notebooks/reports/model_report.ipynb``) on the demo zoo's large-batch MLP and its SAM counterpart,
+(``workbench/reports/notebooks/model_report.ipynb``) on the demo zoo's large-batch MLP and its SAM counterpart,
 writing executed notebooks, self-contained HTML and netCDF results under ``reports/``. Each headline
 number is printed beside its range over the model's family in the zoo."""
 
