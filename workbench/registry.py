@@ -66,6 +66,7 @@ import torch
 import xarray as xr
 from torch import nn
 
+from . import tasks
 from .config import threads
 from .results import model_fingerprint, provenance
 from .state import preserve, run_shielded
@@ -263,11 +264,16 @@ def probe(name: str, *, case: Callable | None = None, tags: Tags | None = None):
                         f"{k}: {name} does not use {k!r} (it uses {', '.join(tags.uses) or 'none'} of "
                         f"the keyword tail); leave it at its default {TAIL_DEFAULTS[k]!r}"
                     )
+            if "task" in kwargs and "loss_fn" in body_sig.parameters and "loss_fn" not in kwargs:
+                kwargs["loss_fn"] = kwargs.pop("task")  # task="causal-lm": the loss_fn argument, named for what it is
             try:
                 bound = body_sig.bind(*args, **kwargs)
             except TypeError as e:
                 raise TypeError(f"{name}: {e}") from None
             bound.apply_defaults()
+            a = bound.arguments
+            if "loss_fn" in a and "data" in a:  # a task (name) as the loss: its loss_fn, and its batches of raw data
+                a["loss_fn"], a["data"] = tasks.resolve(a["loss_fn"], a["data"], a.get("model"))
             arguments = dict(bound.arguments)
             ctx = Context(name, tail, arguments)
             mods = list(

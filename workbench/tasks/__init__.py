@@ -19,6 +19,10 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import torch
+
 from .base import IGNORE_INDEX, Batches, Task, logits_of
 from .lm import CausalLM, MaskedLM
 from .sequence import Classification, Regression
@@ -38,6 +42,7 @@ __all__ = [
     "CausalLM",
     "TASKS",
     "get",
+    "resolve",
 ]
 
 classification = Classification()
@@ -57,3 +62,41 @@ def get(task: str | Task) -> Task:
     if key not in TASKS:
         raise ValueError(f"task: unknown task {task!r}; expected one of {sorted(TASKS)} or a workbench.tasks.Task")
     return TASKS[key]
+
+
+def raw(data) -> bool:
+    """True for data a task must turn into batches first: texts, a ``(texts, labels)`` pair, a tokenized mapping
+    or a mapping of columns, a list of one-example mappings, a ``datasets.Dataset``."""
+    if isinstance(data, Batches) or hasattr(data, "column_names"):
+        return not isinstance(data, Batches)
+    if isinstance(data, Mapping):
+        return True
+    if isinstance(data, (list, tuple)) and data:
+        first = data[0]
+        return isinstance(first, (str, Mapping)) or (
+            isinstance(first, (list, tuple)) and bool(first) and isinstance(first[0], str)
+        )
+    return False
+
+
+def resolve(loss_fn, data, model=None):
+    """``(loss_fn, data)`` for a probe: a task name or :class:`Task` given as the loss becomes the task (its
+    ``loss_fn``), and raw data (:func:`raw`) become its batches, tokenized with the model's own tokenizer when
+    texts are given; anything else passes through unchanged (the ``@probe`` decorator calls this).
+
+    >>> lf, data = resolve("causal-lm", {"input_ids": [[1, 2, 3]]})
+    >>> lf is causal_lm, len(data)
+    (True, 1)
+    """
+    if not isinstance(loss_fn, (str, Task)):
+        return loss_fn, data
+    try:
+        task = get(loss_fn)
+    except ValueError:
+        raise ValueError(
+            f"loss_fn: {loss_fn!r} is neither a callable loss_fn(outputs, targets) nor a task name "
+            f"({', '.join(sorted(TASKS))})"
+        ) from None
+    if raw(data):
+        data = task.batches(data, tokenizer=model if isinstance(model, torch.nn.Module) else None)
+    return task, data
