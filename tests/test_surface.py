@@ -29,6 +29,7 @@ ENGINE = {
     "results",
     "registry",
     "tail",
+    "loading",
     "tasks",
     "testing",
     "validate",

@@ -16,6 +16,7 @@ __version__ = "0.3.0"
 
 from .config import get_threads, set_threads, threads  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
+from .loading import describe_spec, load_model  # noqa: E402
 from .objective import Objective  # noqa: E402
 from .registry import Cancelled, Tags, probe, probes  # noqa: E402
 from .results import concat, load, save  # noqa: E402
@@ -45,6 +46,8 @@ __all__ = [
     "concat",
     "preserve",
     "evaluate",
+    "load_model",
+    "describe_spec",
     "Objective",
     "probe",
     "probes",
