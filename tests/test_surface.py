@@ -30,6 +30,7 @@ ENGINE = {
     "registry",
     "tail",
     "loading",
+    "runs",
     "tasks",
     "testing",
     "validate",

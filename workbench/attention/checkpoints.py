@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from ..data import input_batches
 from ..registry import Context, Tags, probe
+from ..runs import load_run
 from ..testing import hostile_transformer
 from ..validate import finite_array
 from .collect import capture_batches, check_arguments
@@ -27,7 +29,7 @@ def _case():
 
 @probe("attention.over_checkpoints", tags=Tags(inputs="models", attention=True, uses=("mode",)), case=_case)
 def over_checkpoints(
-    models: Sequence[nn.Module] | Mapping[Any, nn.Module],
+    models: Sequence[nn.Module] | Mapping[Any, nn.Module] | str | os.PathLike,
     inputs: Any,
     *,
     losses: Iterable[float] | None = None,
@@ -43,6 +45,9 @@ def over_checkpoints(
     run) on the same ``inputs``, stacked along ``dim`` ("checkpoint" or "step"; coordinates: the list
     index or the dict keys), with ``losses`` (e.g. the training loss per checkpoint) alongside as
     variable ``loss``. The other arguments are those of :func:`~workbench.attention.attention_stats`.
+    ``models`` may be a run directory (:func:`workbench.runs.load_run`: Hugging Face ``checkpoint-<step>``
+    folders, TorchScript or Lightning files loadable without a builder), stacked by increasing step along
+    ``step`` unless ``dim`` says otherwise.
 
     >>> from workbench.attention import over_checkpoints
     >>> from workbench.testing import hostile_transformer
@@ -52,6 +57,8 @@ def over_checkpoints(
     >>> ds.entropy.dims, ds.step.values.tolist(), ds.loss.values.tolist()
     (('step', 'layer', 'head'), [0, 100], [1.2, 0.7])
     """
+    if isinstance(models, (str, os.PathLike)):
+        models, dim = load_run(models), "step" if dim == "checkpoint" else dim
     if not isinstance(models, (Sequence, Mapping)) or isinstance(models, str):
         raise TypeError(
             f"models: expected a list or dict of models (the checkpoints of a run), got {type(models).__name__}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ from torch import nn
 from ..curvature import hessian_eigenvalues, hessian_trace
 from ..evaluate import evaluate
 from ..registry import Tags, probe
+from ..runs import load_run
 from ..testing import hostile_data, hostile_model
 from ..validate import count, integer, real
 from .gam import gam_flatness
@@ -101,7 +103,7 @@ def _row(
     case=_case,
 )
 def summary(
-    models: nn.Module | list[nn.Module] | dict[str, nn.Module],
+    models: nn.Module | list[nn.Module] | dict[str, nn.Module] | str | os.PathLike,
     loss_fn: Callable,
     data: Any,
     *,
@@ -117,7 +119,9 @@ def summary(
     Hutch++ with ``n_hvp`` HVPs (+ stderr), lambda_max / trace, trace / P, SAM sharpness at ``rho``
     and ASAM sharpness at ``adaptive_rho`` (+ stderr), average-case sharpness at ``rho / 10`` over
     ``n_draws`` draws (+ stderr), GAM flatness at ``rho`` and the gradient norm. The variables carry
-    no provenance of their own (the summary's attrs hold it).
+    no provenance of their own (the summary's attrs hold it). ``models`` may be a run directory
+    (:func:`workbench.runs.load_run`: Hugging Face ``checkpoint-<step>`` folders, TorchScript or Lightning files
+    loadable without a builder): the checkpoints by increasing step, stacked along ``step``.
 
     >>> import torch
     >>> from workbench.sharpness import summary
@@ -127,7 +131,8 @@ def summary(
     >>> ds.sizes["checkpoint"], "lambda_max" in ds, "probe" in ds["trace"].attrs
     (2, True, False)
     """
-    items, single = _items(models)
+    run = isinstance(models, (str, os.PathLike))
+    items, single = _items(load_run(models) if run else models)
     k, n_hvp, n_draws = integer("k", k, lo=1), count("n_hvp", n_hvp, lo=4), count("n_draws", n_draws, lo=2)
     rho, adaptive_rho = real("rho", rho, lo=0.0), real("adaptive_rho", adaptive_rho, lo=0.0)
     ctx.adopt_data(data)
@@ -155,6 +160,7 @@ def summary(
             rows.append(_row(ev, eig, tr, sam, asam, avg, gam, rho, adaptive_rho))
     if single:
         return rows[0]
-    return xr.concat(rows, dim="checkpoint", combine_attrs="drop").assign_coords(
-        checkpoint=[str(label) for label, _ in items]
+    dim = "step" if run else "checkpoint"
+    return xr.concat(rows, dim=dim, combine_attrs="drop").assign_coords(
+        {dim: [label if run else str(label) for label, _ in items]}
     )
