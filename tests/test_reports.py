@@ -206,3 +206,16 @@ def test_cli_workers_are_validated():
             timeout=60,
         )
         assert r.returncode == 2 and "argument --workers: " in r.stderr and says in r.stderr, r.stderr
+
+
+def test_attention_report_on_a_hugging_face_directory(tmp_path, zoo_built):
+    """A model directory saved by save_pretrained (safetensors, its tokenizer beside it) named as the report's
+    model: loaded by spec, tokenized with its own tokenizer, its heads measured."""
+    pytest.importorskip("transformers")
+    from test_tasks import build
+
+    build("bert-mlm", tmp_path / "bert")
+    r = reports.run_report("attention", {"model": str(tmp_path / "bert"), "reference": False}, tmp_path / "out")
+    ds = wb.load(r["nc"])
+    assert ds.entropy.sizes["head"] == 2 and ds.entropy.sizes["layer"] == 1
+    assert float(ds.entropy.min()) > 0 and float(ds.normalized_entropy.max()) <= 1 + 1e-6
