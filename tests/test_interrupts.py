@@ -327,3 +327,22 @@ def test_train_mode_never_updates_running_statistics(name, monkeypatch):
     watches = [_BNWatch(m) for m in bn_models]
     info.func(*args, **{**kwargs, "mode": "train"})
     assert [w.close() for w in watches] == [0] * len(watches)
+
+
+def test_a_function_mode_left_on_the_stack_by_an_interrupt_is_dropped():
+    """A Ctrl-C between a TorchFunctionMode's push and its ``with`` block (or in its exit before the pop) would
+    leave e.g. the attention capture active for every later torch call; the decorator drops what the probe
+    left above the stack depth it found."""
+    from workbench.registry import Tags, probe
+    from workbench.state import function_mode_depth
+
+    @probe("test.leaky_mode", tags=Tags(inputs="model", uses=()), case=None)
+    def leaky(model, *, ctx):
+        torch.overrides.TorchFunctionMode().__enter__()  # pushed, never exited: the interrupt window
+        raise KeyboardInterrupt
+
+    before = function_mode_depth()
+    with pytest.raises(KeyboardInterrupt):
+        leaky(torch.nn.Linear(2, 2))
+    assert function_mode_depth() == before
+    assert torch.ones(2).add(1).tolist() == [2.0, 2.0]

@@ -69,7 +69,7 @@ from torch import nn
 from . import tasks
 from .config import threads
 from .results import model_fingerprint, provenance
-from .state import preserve, run_shielded
+from .state import drop_function_modes, function_mode_depth, preserve, run_shielded
 from .tail import (  # noqa: F401  (the tail, re-exported)
     OPTIONAL,
     TAIL,
@@ -296,10 +296,12 @@ def probe(name: str, *, case: Callable | None = None, tags: Tags | None = None):
 
 def _run(func, ctx: Context, tail: dict, bound, arguments: dict, mods: list, body_sig, tags: Tags):
     """The body under the thread count, the state guard and RNG isolation; then provenance."""
+    depth = function_mode_depth()
     try:
         return _run_body(func, ctx, tail, bound, arguments, body_sig, tags)
     finally:
         ctx.release()  # no reference cycle (Objective -> ctx.check_cancel -> ctx) outlives the call
+        drop_function_modes(depth)  # no attention capture left active by an interrupt in its enter / exit
 
 
 def _run_body(func, ctx: Context, tail: dict, bound, arguments: dict, body_sig, tags: Tags):
