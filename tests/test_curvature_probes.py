@@ -138,3 +138,27 @@ def test_layer_blocks_of_a_transformer_style_name_list():
         "pooler": ["pooler.weight", "pooler.bias"],
     }
     assert list(parameter_blocks(m, "layer", params="weight")) == ["encoder.layer.0", "encoder.layer.1", "pooler"]
+
+
+def test_train_mode_dropout_gives_one_fixed_matrix_over_several_batches():
+    """Every product replays the same random stream: dropout draws the same masks in each, so products repeat
+    exactly, the dense matrix is symmetric, and the caller's RNG is left where it was."""
+    g = torch.Generator().manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Dropout(0.5), torch.nn.Linear(8, 3))
+    m = m.double()
+    x = torch.randn(12, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (12,), generator=g)
+    obj = Objective(m, torch.nn.CrossEntropyLoss(), [(x[:5], y[:5]), (x[5:], y[5:])], mode="train")
+    for curvature in ("hessian", "ggn"):
+        op = curvature_operator(obj, curvature)
+        v = torch.randn(op.shape[0], generator=g, dtype=torch.float64)
+        state = torch.get_rng_state()
+        assert torch.equal(op.matvec(v), op.matvec(v))
+        assert torch.equal(torch.get_rng_state(), state)
+        D = op.dense()
+        np.testing.assert_allclose(D, D.T, atol=1e-12)
+        eval_op = curvature_operator(Objective(m, torch.nn.CrossEntropyLoss(), (x, y)), curvature)
+        assert np.abs(D - eval_op.dense()).max() > 1e-3  # dropout is really on
+    ev = hessian_eigenvalues(m, torch.nn.CrossEntropyLoss(), [(x[:5], y[:5]), (x[5:], y[5:])], k=2, tol=1e-8,
+                             mode="train", progress=False)  # fmt: skip
+    assert bool(ev["converged"].all())

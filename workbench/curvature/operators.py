@@ -203,6 +203,17 @@ class ModelCurvature(CurvatureOperator):
         self.engine = engine
         self.chunk = int(chunk)
         self.n_total = total_samples(objective, self.group)
+        # every product replays the same random stream: train-mode dropout draws the same masks in every
+        # product, so the operator is one fixed matrix (Lanczos needs that) and not a new one per product
+        self._cuda = [self.device] if self.device.type == "cuda" else []
+        self._draws = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in self._cuda])
+
+    def _replayed(self, engine: str, V: torch.Tensor) -> torch.Tensor:
+        with torch.random.fork_rng(devices=self._cuda):
+            torch.set_rng_state(self._draws[0])
+            for d, state in zip(self._cuda, self._draws[1]):
+                torch.cuda.set_rng_state(state, d)
+            return getattr(self, f"_{engine}")(V)
 
     @staticmethod
     def check_theta(theta, objective) -> torch.Tensor:
@@ -224,15 +235,15 @@ class ModelCurvature(CurvatureOperator):
         V = V.to(self.objective.dtype)
         with sdpa_kernel(SDPBackend.MATH), mha_fastpath(False):
             if self.engine != "auto":
-                return getattr(self, f"_{self.engine}")(V)
+                return self._replayed(self.engine, V)
             first, second = self.auto_order
             try:
-                return getattr(self, f"_{first}")(V)
+                return self._replayed(first, V)
             except (RuntimeError, NotImplementedError, TypeError) as e:
                 hidden = interrupt_in(e)  # a Ctrl-C that torch's C++ autograd turned into a RuntimeError
                 if hidden is not None:
                     raise hidden from e
-                out = getattr(self, f"_{second}")(V)  # a genuine error in the model raises here too, unchanged
+                out = self._replayed(second, V)  # a genuine error in the model raises here too, unchanged
                 warnings.warn(
                     f"{ENGINE_NAMES[first]} products failed ({type(e).__name__}: {str(e)[:120]}); using "
                     f"{ENGINE_NAMES[second]} for this probe",
