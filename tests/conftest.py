@@ -15,6 +15,21 @@ import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
+def _no_function_mode_left(request):
+    """A torch function mode a test leaves active (an interrupted attention capture) would intercept every later
+    test's torch calls: drop it, and say which test left it (a warning in the summary)."""
+    import warnings
+
+    yield
+    n = torch._C._len_torch_function_stack()
+    if n:
+        modes = [type(torch._C._get_function_stack_at(i)).__name__ for i in range(n)]
+        while torch._C._len_torch_function_stack():
+            torch._C._pop_torch_function_stack()
+        warnings.warn(f"{request.node.nodeid} left torch function modes active: {modes}", RuntimeWarning, stacklevel=1)
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     yield

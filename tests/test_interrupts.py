@@ -333,8 +333,8 @@ def test_a_function_mode_left_on_the_stack_by_an_interrupt_is_dropped():
     """A Ctrl-C between a TorchFunctionMode's push and its ``with`` block (or in its exit before the pop) would
     leave e.g. the attention capture active for every later torch call; the decorator drops what the probe
     left above the stack depth it found."""
+    from workbench.function_modes import function_mode_depth
     from workbench.registry import Tags, probe
-    from workbench.state import function_mode_depth
 
     @probe("test.leaky_mode", tags=Tags(inputs="model", uses=()), case=None)
     def leaky(model, *, ctx):
@@ -346,3 +346,23 @@ def test_a_function_mode_left_on_the_stack_by_an_interrupt_is_dropped():
         leaky(torch.nn.Linear(2, 2))
     assert function_mode_depth() == before
     assert torch.ones(2).add(1).tolist() == [2.0, 2.0]
+
+
+def test_a_stale_attention_capture_is_dropped_when_the_next_probe_starts():
+    """A capture left on the stack outside any probe (its exit never ran) would intercept every torch call of
+    the next probe; the next probe drops workbench's own stale modes first, and keeps a user's own mode."""
+    from workbench.attention.capture import Capture
+    from workbench.function_modes import function_mode_depth
+
+    class UserMode(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    m, lf, d = hostile_case()
+    before = function_mode_depth()
+    with UserMode():  # the user's own mode stays
+        Capture(m, None, 128, None).__enter__()  # a capture whose exit never ran
+        assert function_mode_depth() == before + 2
+        loss = float(wb.evaluate(m, lf, d, progress=False).loss)
+        assert function_mode_depth() == before + 1
+    assert function_mode_depth() == before and loss == float(wb.evaluate(m, lf, d, progress=False).loss)

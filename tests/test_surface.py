@@ -31,6 +31,7 @@ ENGINE = {
     "tail",
     "loading",
     "runs",
+    "function_modes",
     "tasks",
     "testing",
     "validate",

@@ -68,8 +68,9 @@ from torch import nn
 
 from . import tasks
 from .config import threads
+from .function_modes import drop_function_modes, drop_stale_modes, function_mode_depth
 from .results import model_fingerprint, provenance
-from .state import drop_function_modes, function_mode_depth, preserve, run_shielded
+from .state import preserve, run_shielded
 from .tail import (  # noqa: F401  (the tail, re-exported)
     OPTIONAL,
     TAIL,
@@ -296,6 +297,7 @@ def probe(name: str, *, case: Callable | None = None, tags: Tags | None = None):
 
 def _run(func, ctx: Context, tail: dict, bound, arguments: dict, mods: list, body_sig, tags: Tags):
     """The body under the thread count, the state guard and RNG isolation; then provenance."""
+    drop_stale_modes()  # an attention capture an earlier interrupt left active
     depth = function_mode_depth()
     try:
         return _run_body(func, ctx, tail, bound, arguments, body_sig, tags)

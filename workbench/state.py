@@ -367,28 +367,3 @@ def modes(model: nn.Module, mode: str, modules: list[nn.Module] | None = None):
             m._buffers[k] = b
         for m, f in flags:
             m.training = f
-
-
-def function_mode_depth() -> int:
-    """The depth of this thread's stack of ``torch.overrides.TorchFunctionMode`` s (attention capture is one)."""
-    return torch._C._len_torch_function_stack()
-
-
-def drop_function_modes(depth: int) -> None:
-    """Pop this thread's torch function modes above ``depth``: a Ctrl-C that lands inside a mode's
-    ``__enter__`` (after the push) or ``__exit__`` (before the pop) would otherwise leave it active for every
-    later call. Shielded from a second Ctrl-C; the stack is thread-local, so only this probe's modes go.
-
-    >>> d = function_mode_depth()
-    >>> torch.overrides.TorchFunctionMode().__enter__() is not None, function_mode_depth() - d
-    (True, 1)
-    >>> drop_function_modes(d); function_mode_depth() - d
-    0
-    """
-
-    def pop():
-        while torch._C._len_torch_function_stack() > depth:
-            torch._C._pop_torch_function_stack()
-
-    if torch._C._len_torch_function_stack() > depth:
-        run_shielded(pop)

@@ -86,6 +86,9 @@ class Capture(TorchFunctionMode):
     (['<model>'], {'<model>': 'multi_head_attention_forward'}, (2, 2, 5))
     """
 
+    #: marks workbench's own mode: one found around a probe call was left by an interrupt and is dropped
+    workbench_owned = True
+
     def __init__(
         self,
         model: nn.Module,
