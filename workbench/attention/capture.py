@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..state import run_shielded
 from .reduction import BlockLayout, Call, nonfinite_rows, probabilities, reduce_rows, row_stats
 
 _MHA_ARGS = (
@@ -88,6 +89,26 @@ class Capture(TorchFunctionMode):
 
     #: marks workbench's own mode: one found around a probe call was left by an interrupt and is dropped
     workbench_owned = True
+    _pushed = False
+
+    # push and pop shielded from Ctrl-C (and idempotent): an interrupt between the push and the ``with`` block,
+    # or inside the exit before the pop, would leave the capture intercepting every later torch call
+    def __enter__(self):
+        def push():
+            if not self._pushed:
+                torch._C._push_on_torch_function_stack(self)
+                self._pushed = True
+
+        run_shielded(push)
+        return self
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        def pop():
+            if self._pushed:
+                torch._C._pop_torch_function_stack()
+                self._pushed = False
+
+        run_shielded(pop)
 
     def __init__(
         self,
