@@ -162,3 +162,30 @@ def test_train_mode_dropout_gives_one_fixed_matrix_over_several_batches():
     ev = hessian_eigenvalues(m, torch.nn.CrossEntropyLoss(), [(x[:5], y[:5]), (x[5:], y[5:])], k=2, tol=1e-8,
                              mode="train", progress=False)  # fmt: skip
     assert bool(ev["converged"].all())
+
+
+def test_mha_fastpath_flag_survives_probes_in_two_threads():
+    """The fused-MHA switch is process-wide: two threads running curvature products at once must leave it as
+    the caller had it (restoring each other's saved values out of order would leave it off for good)."""
+    import threading
+
+    m = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+    data = (torch.randn(16, 4), torch.randint(0, 3, (16,)))
+    before = torch.backends.mha.get_fastpath_enabled()
+    errors = []
+
+    def work(seed):
+        try:
+            for _ in range(5):
+                hessian_trace(torch.nn.Sequential(*[torch.nn.Linear(4, 3)]), torch.nn.CrossEntropyLoss(), data,
+                              n_hvp=4, seed=seed, progress=False)  # fmt: skip
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    hessian_eigenvalues(m, torch.nn.CrossEntropyLoss(), data, k=1, progress=False)
+    for t in threads:
+        t.join()
+    assert not errors and torch.backends.mha.get_fastpath_enabled() == before

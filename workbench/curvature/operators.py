@@ -30,6 +30,7 @@ graphs alive (PyHessian issue #28).
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Callable
 
@@ -46,16 +47,37 @@ ENGINES = ("auto", "func", "double_backward")
 ENGINE_NAMES = {"func": "torch.func", "double_backward": "double backward"}
 
 
+_MHA_OFF = {"depth": 0, "before": True}
+_MHA_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
-def mha_fastpath(enabled: bool):
-    """``nn.MultiheadAttention``'s fused inference path switched to ``enabled`` and back (the fused kernel has no
-    forward-mode derivative, which the GGN's Jacobian-vector products need)."""
-    before = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(enabled)
+def mha_fastpath_off():
+    """``nn.MultiheadAttention``'s fused inference path switched off, and back to the caller's setting when the
+    last user leaves (the fused kernel has no forward-mode derivative, which the GGN's Jacobian-vector products
+    need). The flag is process-wide: counted under a lock, so probes in two threads cannot restore each other's
+    values out of order and leave it off for good.
+
+    >>> before = torch.backends.mha.get_fastpath_enabled()
+    >>> with mha_fastpath_off():
+    ...     with mha_fastpath_off():
+    ...         inside = torch.backends.mha.get_fastpath_enabled()
+    ...     still = torch.backends.mha.get_fastpath_enabled()
+    >>> inside, still, torch.backends.mha.get_fastpath_enabled() == before
+    (False, False, True)
+    """
+    with _MHA_LOCK:
+        if _MHA_OFF["depth"] == 0:
+            _MHA_OFF["before"] = torch.backends.mha.get_fastpath_enabled()
+            torch.backends.mha.set_fastpath_enabled(False)
+        _MHA_OFF["depth"] += 1
     try:
         yield
     finally:
-        torch.backends.mha.set_fastpath_enabled(before)
+        with _MHA_LOCK:
+            _MHA_OFF["depth"] -= 1
+            if _MHA_OFF["depth"] == 0:
+                torch.backends.mha.set_fastpath_enabled(_MHA_OFF["before"])
 
 
 def process_group(group):
@@ -185,7 +207,7 @@ class ModelCurvature(CurvatureOperator):
     vectors ``chunk`` vectorised together by ``torch.func.vmap``, the sample weights ``n_b / N`` (N summed over
     the ranks of ``group``) and attention through the math backend of ``scaled_dot_product_attention``
     (the fused kernels have no second derivative; the caller's backend choice is restored afterwards), and
-    ``nn.MultiheadAttention`` off its fused inference path (:func:`mha_fastpath`).
+    ``nn.MultiheadAttention`` off its fused inference path (:func:`mha_fastpath_off`).
     Products are computed in the model's dtype and accumulated in float32 or wider
     (:func:`accumulation_dtype`)."""
 
@@ -233,7 +255,7 @@ class ModelCurvature(CurvatureOperator):
     def product(self, V: torch.Tensor) -> torch.Tensor:
         """The operator's product with every row of ``V``, sample-weighted over the objective's batches."""
         V = V.to(self.objective.dtype)
-        with sdpa_kernel(SDPBackend.MATH), mha_fastpath(False):
+        with sdpa_kernel(SDPBackend.MATH), mha_fastpath_off():
             if self.engine != "auto":
                 return self._replayed(self.engine, V)
             first, second = self.auto_order
