@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .validate import interrupt_in
+
 KINDS = ("module", "zoo", "minilm", "hf", "safetensors", "state_dict", "lightning", "torchscript")
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin")
 TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript", ".jit")
@@ -212,6 +214,9 @@ def _torch_load(path: Path, spec: str, map_location) -> object:
     try:
         return torch.load(path, weights_only=True, map_location=map_location)
     except Exception as e:  # pickle.UnpicklingError, RuntimeError: report the file, not torch's internals
+        hidden = interrupt_in(e)  # a Ctrl-C that torch's C++ code turned into a RuntimeError
+        if hidden is not None:
+            raise hidden from e
         raise ValueError(
             f"spec: {spec!r} cannot be read with torch.load(weights_only=True) ({type(e).__name__}): it holds "
             "pickled objects (a whole model?) or is damaged; save model.state_dict(), or a TorchScript file"
