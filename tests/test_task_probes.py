@@ -42,3 +42,9 @@ def test_an_unknown_task_name_is_a_loss_fn_error(tmp_path):
     model = build("gpt2", tmp_path)
     with pytest.raises(ValueError, match=r"loss_fn: 'causal' is neither a callable loss_fn\(outputs, targets\) nor"):
         wb.evaluate(model, "causal", TEXTS)
+
+
+def test_task_and_loss_fn_together_are_refused_by_name(tmp_path):
+    model = build("gpt2", tmp_path)
+    with pytest.raises(TypeError, match="task: evaluate got both task= and loss_fn"):
+        wb.evaluate(model, tasks.causal_lm, task="causal-lm", data=TEXTS)

@@ -265,8 +265,10 @@ def probe(name: str, *, case: Callable | None = None, tags: Tags | None = None):
                         f"{k}: {name} does not use {k!r} (it uses {', '.join(tags.uses) or 'none'} of "
                         f"the keyword tail); leave it at its default {TAIL_DEFAULTS[k]!r}"
                     )
-            if "task" in kwargs and "loss_fn" in body_sig.parameters and "loss_fn" not in kwargs:
-                kwargs["loss_fn"] = kwargs.pop("task")  # task="causal-lm": the loss_fn argument, named for what it is
+            if "task" in kwargs and "loss_fn" in body_sig.parameters:  # task="causal-lm": loss_fn, named for it
+                if "loss_fn" in kwargs or len(args) > 1:
+                    raise TypeError(f"task: {name} got both task= and loss_fn; give the task as one of them")
+                kwargs["loss_fn"] = kwargs.pop("task")
             try:
                 bound = body_sig.bind(*args, **kwargs)
             except TypeError as e:
