@@ -165,13 +165,20 @@ def test_train_mode_dropout_gives_one_fixed_matrix_over_several_batches():
 
 
 def test_mha_fastpath_flag_survives_probes_in_two_threads():
-    """The fused-MHA switch is process-wide: two threads running curvature products at once must leave it as
-    the caller had it (restoring each other's saved values out of order would leave it off for good)."""
+    """The fused-MHA switch and the sdpa backend flags are process-wide: two threads running curvature products
+    at once must leave them as the caller had them (restoring each other's saved values out of order would
+    leave them switched for good)."""
     import threading
 
     m = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
     data = (torch.randn(16, 4), torch.randint(0, 3, (16,)))
-    before = torch.backends.mha.get_fastpath_enabled()
+
+    def flags():
+        b = torch.backends.cuda
+        sdpa = (b.flash_sdp_enabled(), b.math_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.cudnn_sdp_enabled())
+        return torch.backends.mha.get_fastpath_enabled(), sdpa
+
+    before = flags()
     errors = []
 
     def work(seed):
@@ -188,4 +195,4 @@ def test_mha_fastpath_flag_survives_probes_in_two_threads():
     hessian_eigenvalues(m, torch.nn.CrossEntropyLoss(), data, k=1, progress=False)
     for t in threads:
         t.join()
-    assert not errors and torch.backends.mha.get_fastpath_enabled() == before
+    assert not errors and flags() == before

@@ -47,16 +47,35 @@ ENGINES = ("auto", "func", "double_backward")
 ENGINE_NAMES = {"func": "torch.func", "double_backward": "double backward"}
 
 
-_MHA_OFF = {"depth": 0, "before": True}
-_MHA_LOCK = threading.Lock()
+_SWITCHES: dict = {}
+_SWITCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def counted(name: str, factory: Callable):
+    """The process-wide context ``factory()`` entered by the first user of ``name`` and left by the last one,
+    counted under a lock: probes in two threads cannot restore each other's saved settings out of order."""
+    with _SWITCH_LOCK:
+        entry = _SWITCHES.setdefault(name, [0, None])
+        if entry[0] == 0:
+            entry[1] = factory()
+            entry[1].__enter__()
+        entry[0] += 1
+    try:
+        yield
+    finally:
+        with _SWITCH_LOCK:
+            entry[0] -= 1
+            if entry[0] == 0:
+                entry[1].__exit__(None, None, None)
+                entry[1] = None
 
 
 @contextlib.contextmanager
 def mha_fastpath_off():
     """``nn.MultiheadAttention``'s fused inference path switched off, and back to the caller's setting when the
     last user leaves (the fused kernel has no forward-mode derivative, which the GGN's Jacobian-vector products
-    need). The flag is process-wide: counted under a lock, so probes in two threads cannot restore each other's
-    values out of order and leave it off for good.
+    need); counted (:func:`counted`).
 
     >>> before = torch.backends.mha.get_fastpath_enabled()
     >>> with mha_fastpath_off():
@@ -66,18 +85,24 @@ def mha_fastpath_off():
     >>> inside, still, torch.backends.mha.get_fastpath_enabled() == before
     (False, False, True)
     """
-    with _MHA_LOCK:
-        if _MHA_OFF["depth"] == 0:
-            _MHA_OFF["before"] = torch.backends.mha.get_fastpath_enabled()
-            torch.backends.mha.set_fastpath_enabled(False)
-        _MHA_OFF["depth"] += 1
-    try:
+
+    @contextlib.contextmanager
+    def off():
+        before = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            yield
+        finally:
+            torch.backends.mha.set_fastpath_enabled(before)
+
+    with counted("mha_fastpath_off", off):
         yield
-    finally:
-        with _MHA_LOCK:
-            _MHA_OFF["depth"] -= 1
-            if _MHA_OFF["depth"] == 0:
-                torch.backends.mha.set_fastpath_enabled(_MHA_OFF["before"])
+
+
+def math_attention():
+    """``scaled_dot_product_attention`` through its math backend only (the fused kernels have no second
+    derivative), the caller's backends restored when the last user leaves; counted (:func:`counted`)."""
+    return counted("sdpa_math", lambda: sdpa_kernel(SDPBackend.MATH))
 
 
 def process_group(group):
@@ -255,7 +280,7 @@ class ModelCurvature(CurvatureOperator):
     def product(self, V: torch.Tensor) -> torch.Tensor:
         """The operator's product with every row of ``V``, sample-weighted over the objective's batches."""
         V = V.to(self.objective.dtype)
-        with sdpa_kernel(SDPBackend.MATH), mha_fastpath_off():
+        with math_attention(), mha_fastpath_off():
             if self.engine != "auto":
                 return self._replayed(self.engine, V)
             first, second = self.auto_order
