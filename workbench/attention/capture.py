@@ -99,16 +99,20 @@ class Capture(TorchFunctionMode):
                 torch._C._push_on_torch_function_stack(self)
                 self._pushed = True
 
-        run_shielded(push)
+        try:
+            run_shielded(push)  # a Ctrl-C held during the push is raised at its end ...
+        except BaseException:
+            run_shielded(self._pop)  # ... when no with block will call __exit__: pop here, then pass it on
+            raise
         return self
 
-    def __exit__(self, exc_type, exc_val, exc_tb):
-        def pop():
-            if self._pushed:
-                torch._C._pop_torch_function_stack()
-                self._pushed = False
+    def _pop(self):
+        if self._pushed:
+            torch._C._pop_torch_function_stack()
+            self._pushed = False
 
-        run_shielded(pop)
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        run_shielded(self._pop)
 
     def __init__(
         self,

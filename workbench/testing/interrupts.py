@@ -232,7 +232,9 @@ def _globals() -> dict:
     return {
         "grad mode": torch.is_grad_enabled(),
         "inference mode": torch.is_inference_mode_enabled(),
-        "torch function modes": torch._C._len_torch_function_stack(),
+        # a user's modes must stay; workbench's own (a stale attention capture) are dropped when a probe starts,
+        # so none may be left after the call, whatever was there before
+        "torch function modes": _function_modes(),
         "functorch transforms": torch._C._functorch.peek_interpreter_stack() is not None,
         "forward-AD level": (torch.autograd.forward_ad._current_level, _forward_ad_free()),
         "torch threads": torch.get_num_threads(),
@@ -242,6 +244,14 @@ def _globals() -> dict:
 
 def _rng() -> tuple:
     return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def _function_modes() -> tuple[int, bool]:
+    """(the number of torch function modes that are not workbench's own, whether one of workbench's own is
+    active)."""
+    stack = [torch._C._get_function_stack_at(i) for i in range(torch._C._len_torch_function_stack())]
+    own = [getattr(m, "workbench_owned", False) for m in stack]
+    return own.count(False), any(own)
 
 
 class Watch:
@@ -273,6 +283,11 @@ class Watch:
             if lock_holder(m) is not None:
                 out.append(f"model {i}: still locked by {lock_holder(m)}")
         now = _globals()
+        modes, was = now.pop("torch function modes"), self.globals["torch function modes"]
+        if modes[0] != was[0]:
+            out.append(f"torch function modes changed: {was[0]} -> {modes[0]}")
+        if modes[1]:
+            out.append("an attention capture (a workbench torch function mode) was left active")
         out += [f"{k} changed: {self.globals[k]!r} -> {now[k]!r}" for k in now if now[k] != self.globals[k]]
         same = (torch.equal, np.array_equal, lambda a, b: a == b)
         rng = zip(("torch", "numpy", "Python"), same, _rng(), self.rng)
