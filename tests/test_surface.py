@@ -35,8 +35,9 @@ ENGINE = {
     "tasks",
     "testing",
     "validate",
+    "stats",
 }
-PROBE_PACKAGES = {"evaluate", "landscape", "curvature", "sharpness", "attention", "transfer"}
+PROBE_PACKAGES = set(workbench.registry.PROBE_PACKAGES)
 FRONT = {"plots", "widgets", "reports", "cli", "main"}
 MAX_LINES = 400
 

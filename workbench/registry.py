@@ -375,11 +375,18 @@ def _check_device(mods, device: torch.device) -> None:
             break
 
 
+#: the probe packages, in the order a reader meets them (importing one registers its probes)
+PROBE_PACKAGES = (
+    "evaluate", "landscape", "curvature", "sharpness", "attention", "transfer",
+    "weightspace", "compare", "monitor", "study",
+)  # fmt: skip
+
+
 def probes() -> dict[str, ProbeInfo]:
     """All registered probes (importing the probe packages registers them)."""
     import importlib
 
-    for mod in ("evaluate", "landscape", "curvature", "sharpness", "attention", "transfer"):
+    for mod in PROBE_PACKAGES:
         try:
             importlib.import_module(f"{__package__}.{mod}")
         except ModuleNotFoundError as e:
