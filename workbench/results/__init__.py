@@ -152,11 +152,16 @@ def load(path, verify: bool = True):
     ``verify``: check the checksum stored by :func:`save` against the contents first (files without one,
     written before checksums or by another tool, are read unchecked). A truncated or damaged file raises
     :class:`~workbench.results.files.DamagedFileError` (a ``ValueError``) naming it. Temporary files
-    that killed writers left in the folder are removed.
+    that killed writers left in the folder are removed. A folder written by a
+    :class:`~workbench.results.store.StepStore` (a training monitor's store) is read whole, as one Dataset.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"path: no file at {path}")
+    if path.is_dir():
+        from .store import read_store
+
+        return read_store(path)
     clean_stale_temps(Path(os.path.realpath(path)).parent)
     if verify:
         verify_checksum(path)

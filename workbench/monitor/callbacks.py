@@ -1,0 +1,61 @@
+"""The monitor inside trainers: a PyTorch Lightning ``Callback`` and a Hugging Face ``TrainerCallback``.
+
+Both wrap a :class:`~workbench.monitor.Monitor` and call it after every optimizer step with the trainer's
+global step, the training loss where the trainer exposes it, and the optimizer; ``before_step`` runs
+before the optimizer step (exact per-step update ratios); the store is flushed when training ends.
+Lightning and transformers are imported when a callback is made, never by ``import workbench``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["lightning_callback", "hf_callback"]
+
+
+def lightning_callback(monitor):
+    """A ``lightning.pytorch.Callback`` (or ``pytorch_lightning``'s) driving ``monitor``."""
+    try:
+        from lightning.pytorch import Callback
+    except ImportError:  # the older package name
+        from pytorch_lightning import Callback
+
+    class LightningMonitor(Callback):
+        def __init__(self):
+            self.monitor = monitor
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            monitor.before_step(pl_module, trainer.global_step + 1)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            opt = trainer.optimizers[0] if trainer.optimizers else None
+            monitor.step(pl_module, trainer.global_step, loss=loss, optimizer=opt)
+
+        def on_train_end(self, trainer, pl_module):
+            monitor.close()
+
+    return LightningMonitor()
+
+
+def hf_callback(monitor):
+    """A ``transformers.TrainerCallback`` driving ``monitor`` (the loss is the monitor's own on the probe
+    batch: the Trainer does not hand its step's loss to callbacks)."""
+    from transformers import TrainerCallback
+
+    class HFMonitor(TrainerCallback):
+        def __init__(self):
+            self.monitor = monitor
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+            if model is not None:
+                monitor.before_step(model, state.global_step + 1)
+
+        def on_step_end(self, args, state, control, model=None, optimizer=None, **kw):
+            loss = None
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                loss = state.log_history[-1].get("loss")
+            monitor.step(model, state.global_step, loss=loss, optimizer=optimizer)
+
+        def on_train_end(self, args, state, control, **kw):
+            monitor.close()
+
+    return HFMonitor()
