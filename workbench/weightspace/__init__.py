@@ -6,7 +6,27 @@ to model A. :mod:`~workbench.weightspace.repair`: REPAIR (Jordan et al. 2023) an
 :func:`connectivity`: linear mode connectivity before and after alignment.
 """
 
+from .fisher_merge import diagonal_fisher, fisher_merge
+from .merge_sweep import endpoint_losses, merge_landscape
+from .merging import Soup, greedy_soup, sign_conflicts, task_arithmetic, task_vectors, ties_merge, uniform_soup
+from .spectra import fit_power_law, layer_eigenvalues, layer_weights, weight_spectra
+
 __all__ = [
     # alignment (helper "align")
     # merging and spectra (helper "merge")
+    "uniform_soup",
+    "greedy_soup",
+    "Soup",
+    "task_vectors",
+    "task_arithmetic",
+    "ties_merge",
+    "sign_conflicts",
+    "diagonal_fisher",
+    "fisher_merge",
+    "merge_landscape",
+    "endpoint_losses",
+    "weight_spectra",
+    "layer_eigenvalues",
+    "layer_weights",
+    "fit_power_law",
 ]
