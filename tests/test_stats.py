@@ -81,9 +81,21 @@ def test_bad_arguments_are_named():
         interval(np.mean, x, rate=1.0)
     with pytest.raises(ValueError, match="groups"):
         interval(np.mean, x, groups=[0, 1])
+    with pytest.raises(ValueError, match="bounds"):
+        interval(np.mean, x, bounds=(1, -1))
     with pytest.raises(ValueError, match="at least 3"):
         interval(np.mean, x[:2])
     assert all(math.isnan(v) for v in interval(lambda a: math.nan, x))
+
+
+def test_bounds_clip_the_interval_of_a_bounded_score():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=12)
+    y = x + 0.3 * rng.normal(size=12)
+    free = interval(kendall_tau, x, y)
+    r = interval(kendall_tau, x, y, bounds=(-1, 1))
+    assert free.high > 1.0  # the rescaled subsample spread reaches past tau's range
+    assert r.high == 1.0 and r.low == free.low and r.estimate == free.estimate
 
 
 def test_kendall_and_weighted_tau_agree_with_hand_counts():

@@ -98,6 +98,7 @@ def interval(
     scheme: str = "subsample",
     rate: float = 0.5,
     groups: Any = None,
+    bounds: tuple[float, float] | None = None,
 ) -> Interval:
     """The score on all samples and its ``level`` interval by resampling (see the module docstring).
 
@@ -106,7 +107,8 @@ def interval(
     sample): resample whole groups (seeds, runs, sources) instead of samples. Resamples on which the
     score is not finite (a subset with one class, say) are dropped; a non-finite estimate gives
     ``Interval(nan, nan, nan)``. ``rate`` is the subsample fraction (``"subsample"`` only); ``b`` is
-    clipped to ``2 .. n-1``.
+    clipped to ``2 .. n-1``. ``bounds``: the range the score can take (``(-1, 1)`` for a correlation); the
+    interval is clipped to it (a rescaled subsample spread can reach past a bound).
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(1)
@@ -128,6 +130,10 @@ def interval(
         raise ValueError(f"scheme: expected one of {SCHEMES}, got {scheme!r}")
     if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 < rate < 1:
         raise ValueError(f"rate: expected a fraction in (0, 1) such as 0.5, got {rate!r}")
+    if bounds is not None:
+        b_lo, b_hi = (float(v) for v in bounds)
+        if not b_lo < b_hi:
+            raise ValueError(f"bounds: expected (low, high) with low < high, got {bounds!r}")
     if groups is None:
         units = [np.array([i]) for i in range(n)]
     else:
@@ -158,7 +164,7 @@ def interval(
             return Interval(est, math.nan, math.nan)
         d = d - np.median(d)
         q_lo, q_hi = np.quantile(d, [alpha, 1 - alpha])
-        return Interval(est, est - max(q_hi, 0.0), est - min(q_lo, 0.0))
+        return _clip(Interval(est, est - max(q_hi, 0.0), est - min(q_lo, 0.0)), bounds)
     # BCa
     boot = np.array([at(rng.integers(0, m, m)) for _ in range(int(n_resamples))])
     boot = boot[np.isfinite(boot)]
@@ -175,7 +181,14 @@ def interval(
     z = norm.ppf([alpha, 1 - alpha])
     p = norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
     lo, hi = np.quantile(boot, np.clip(p, 0, 1))
-    return Interval(est, min(float(lo), est), max(float(hi), est))
+    return _clip(Interval(est, min(float(lo), est), max(float(hi), est)), bounds)
+
+
+def _clip(r: Interval, bounds: tuple[float, float] | None) -> Interval:
+    if bounds is None:
+        return r
+    lo, hi = float(bounds[0]), float(bounds[1])
+    return Interval(r.estimate, min(max(r.low, lo), r.estimate), max(min(r.high, hi), r.estimate))
 
 
 def _pair(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
