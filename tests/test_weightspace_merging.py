@@ -119,6 +119,10 @@ def test_task_arithmetic_endpoints_and_formula():
         torch.testing.assert_close(v, exp.float(), rtol=0, atol=1e-6)
     assert [model_fingerprint(m) for m in (base, ft, ft2)] == before
     assert one is not ft and one.training == base.training
+    tv = task_vectors(base, [ft, ft2])
+    assert sorted(tv["0"]) == sorted(n for n, _ in base.named_parameters())  # parameters only
+    ties = ties_merge(base, [ft, ft2], density=0.3)  # buffers: the uniform mean of the models'
+    torch.testing.assert_close(ties.bn.running_var, (ft.bn.running_var + ft2.bn.running_var) / 2)
 
 
 def test_uniform_soup_of_identical_models_is_the_model():

@@ -209,8 +209,8 @@ def greedy_soup(models: Models, score: Callable[[nn.Module], float], *, maximize
 
 
 def task_vectors(base: nn.Module, models: Models) -> dict[str, dict[str, torch.Tensor]]:
-    """The task vectors ``tau_i = theta_i - theta_base`` (float64, by model label, then tensor name) of models
-    fine-tuned from ``base`` (Ilharco et al. 2023).
+    """The task vectors ``tau_i = theta_i - theta_base`` (float64, by model label, then parameter name) of models
+    fine-tuned from ``base`` (Ilharco et al. 2023): parameters only (frozen ones too), no buffers.
 
     >>> base, ft = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
     >>> tv = task_vectors(base, [ft])
@@ -221,8 +221,9 @@ def task_vectors(base: nn.Module, models: Models) -> dict[str, dict[str, torch.T
         raise TypeError(f"base: expected the nn.Module the models were fine-tuned from, got {type(base).__name__}")
     labels, ms = labelled(models)
     states = checked_states([base, *ms], ["base", *labels], "models")
+    names = [n for n, p in base.named_parameters() if p.is_floating_point()]
     b = states[0]
-    return {lab: {k: s[k] - b[k] for k in b} for lab, s in zip(labels, states[1:])}
+    return {lab: {k: s[k] - b[k] for k in names} for lab, s in zip(labels, states[1:])}
 
 
 def _scales(scale, n: int) -> list[float]:
@@ -236,18 +237,19 @@ def _scales(scale, n: int) -> list[float]:
 
 def task_arithmetic(base: nn.Module, models: Models, scale: float | Sequence[float] = 1.0) -> nn.Module:
     """``theta = theta_base + sum_i s_i (theta_i - theta_base)``: task arithmetic (Ilharco et al. 2023). ``scale``
-    is one ``s`` for every task vector or one per model (negative: forgetting a task).
+    is one ``s`` for every task vector or one per model (negative: forgetting a task). Floating buffers (BatchNorm
+    statistics) follow the same formula.
 
     >>> base, ft = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
     >>> torch.equal(task_arithmetic(base, [ft], scale=0.0).weight, base.weight)
     True
     """
-    tv = task_vectors(base, models)
-    s = _scales(scale, len(tv))
-    b = merged_state(base)
-    if all(v == 0 for v in s):
-        return build_merged(base, b)
-    return build_merged(base, {k: b[k] + sum(si * t[k] for si, t in zip(s, tv.values())) for k in b})
+    if not isinstance(base, nn.Module):
+        raise TypeError(f"base: expected the nn.Module the models were fine-tuned from, got {type(base).__name__}")
+    labels, ms = labelled(models)
+    b, *states = checked_states([base, *ms], ["base", *labels], "models")
+    s = _scales(scale, len(ms))
+    return build_merged(base, {k: b[k] + sum(si * (st[k] - b[k]) for si, st in zip(s, states)) for k in b})
 
 
 def _trimmed(tv: Mapping[str, torch.Tensor], density: float) -> dict[str, torch.Tensor]:
@@ -273,7 +275,8 @@ def ties_merge(base: nn.Module, models: Models, *, density: float = 0.2, scale: 
     by magnitude (over the whole vector; the rest set to 0), elect each entry's sign
     ``gamma = sign(sum_i trim(tau_i))`` (the sign of the total mass), and average only the kept entries that agree
     with it: ``tau_m = sum_{i in A} trim(tau_i) / |A|``, ``A = {i : sign(trim(tau_i)) = gamma, trim(tau_i) != 0}``
-    (0 where ``A`` is empty or the mass is exactly 0); ``theta = theta_base + scale * tau_m``.
+    (0 where ``A`` is empty or the mass is exactly 0); ``theta = theta_base + scale * tau_m``. Parameters only:
+    floating buffers (BatchNorm statistics) are the uniform mean of the models'.
 
     >>> base = torch.nn.Linear(2, 1, bias=False)
     >>> with torch.no_grad():
@@ -289,9 +292,11 @@ def ties_merge(base: nn.Module, models: Models, *, density: float = 0.2, scale: 
     scale = _scales(scale, 1)[0]
     tv = task_vectors(base, models)
     trimmed = [_trimmed(t, density) for t in tv.values()]
+    labels, ms = labelled(models)
     b = merged_state(base)
-    out = {}
-    for name in b:
+    states = [merged_state(m) for m in ms]
+    out = {k: sum(st[k] for st in states) / len(ms) for k in b if k not in tv[labels[0]]}
+    for name in tv[labels[0]]:
         stack, _, agree = _elect(trimmed, name)
         n = agree.sum(0)
         tau = torch.where(agree, stack, torch.zeros_like(stack)).sum(0) / n.clamp_min(1)
