@@ -133,7 +133,7 @@ class Alarms:
             self._cond(out, step, "log_z_drift", "output", d, t, d > t,
                        f"log Z drifted {d:.3g} nats from {self.first_log_z:.4g}")  # fmt: skip
         for a in out:
-            warnings.warn(a.message, AlarmWarning, stacklevel=4)
+            warnings.warn(a.message, AlarmWarning, stacklevel=3)
             if self.on_alarm is not None:
                 self.on_alarm(a)
         return out

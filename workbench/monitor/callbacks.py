@@ -22,6 +22,9 @@ def lightning_callback(monitor):
         def __init__(self):
             self.monitor = monitor
 
+        def on_train_start(self, trainer, pl_module):
+            monitor.start(pl_module)
+
         def on_before_optimizer_step(self, trainer, pl_module, optimizer):
             monitor.before_step(pl_module, trainer.global_step + 1)
 
@@ -37,23 +40,29 @@ def lightning_callback(monitor):
 
 
 def hf_callback(monitor):
-    """A ``transformers.TrainerCallback`` driving ``monitor`` (the loss is the monitor's own on the probe
-    batch: the Trainer does not hand its step's loss to callbacks)."""
+    """A ``transformers.TrainerCallback`` driving ``monitor``. The Trainer hands no step's loss to callbacks: the
+    ``loss`` recorded is the one it logs (the mean since the previous log, every ``logging_steps``);
+    ``probe_loss`` is the loss on the probe batch at each monitored step."""
     from transformers import TrainerCallback
 
     class HFMonitor(TrainerCallback):
         def __init__(self):
             self.monitor = monitor
 
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            if model is not None:
+                monitor.start(model)
+
         def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
             if model is not None:
                 monitor.before_step(model, state.global_step + 1)
 
         def on_step_end(self, args, state, control, model=None, optimizer=None, **kw):
-            loss = None
-            if state.log_history and state.log_history[-1].get("step") == state.global_step:
-                loss = state.log_history[-1].get("loss")
-            monitor.step(model, state.global_step, loss=loss, optimizer=optimizer)
+            monitor.step(model, state.global_step, optimizer=optimizer)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:  # the mean training loss since the last log, known after on_step_end
+                monitor.record(state.global_step, loss=logs["loss"])
 
         def on_train_end(self, args, state, control, **kw):
             monitor.close()

@@ -14,7 +14,7 @@ from .. import tasks
 from ..attention import attention_stats
 from ..data import as_data, to_device
 from ..results import provenance
-from ..results.store import StepStore, read_store
+from ..results.store import StepStore, combine_rows, read_store
 from ..state import preserve
 from ..tail import isolated_rng
 from .alarms import Alarm, Alarms
@@ -135,9 +135,16 @@ class Monitor:
         """The probes that run at ``step``."""
         return [p for p in self.probes if step in self.schedule[p]]
 
+    def start(self, model: nn.Module) -> None:
+        """Keep the initial parameters ``theta_0`` (for ``dist_init``): called by the trainer callbacks when
+        training starts; otherwise the first :meth:`before_step` or :meth:`step` keeps them."""
+        if self.init is None:
+            self.init = flat_params(model)
+
     def before_step(self, model: nn.Module, step: int) -> None:
         """Optional, before ``optimizer.step()``: when ``step`` is due for ``norms``, keep ``theta_{t-1}`` so that
         ``update_ratio`` is the update of this one step (otherwise it is the mean over the interval)."""
+        self.start(model)
         if "norms" in self.due(step):
             self.previous, self.previous_step = flat_params(model), step - 1
 
@@ -148,8 +155,7 @@ class Monitor:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"step: expected the training step, an integer >= 0, got {step!r}")
         t0, step = time.perf_counter(), int(step)
-        if self.init is None:
-            self.init = flat_params(model)
+        self.start(model)
         due = self.due(step)
         if not due:
             return []
@@ -186,14 +192,15 @@ class Monitor:
 
     def _heavy(self, model, heavy, stats, optimizer):
         x, y = self.data.materialize()
-        inputs = to_device(x, next(model.parameters()).device)
+        dev = next(model.parameters()).device
+        inputs = to_device(x, dev)
         was = model.training
         if "logits" in heavy or "trajectory" in heavy:
             model.train(self.mode == "train")
             mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
-            o = output_stats(model, inputs, self.logp, mask)
+            o = output_stats(model, inputs, self.logp, mask, self.loss_fn, to_device(y, dev))
             self.logp = o.pop("logp")
-            stats.update({k: o[k] for k in ("log_z", "logit_norm")} if "logits" in heavy else {})
+            stats.update({k: o[k] for k in ("log_z", "logit_norm", "probe_loss")} if "logits" in heavy else {})
             if "trajectory" in heavy:
                 stats["traj_kl"] = o["traj_kl"]
             model.train(was)
@@ -217,7 +224,7 @@ class Monitor:
         for k in ("entropy", "normalized_entropy", "max_logit", "sink_mass"):
             if k in ds:
                 stats[f"attn_{k}"] = ds[k].values
-        stats["heads"] = [f"{layer} head {h}" for layer in ds.layer.values for h in ds.head.values]
+        stats["heads"] = [f"{layer} head {h}" for layer in ds["layer"].values for h in ds["head"].values]
 
     def _row(self, model, step, stats) -> xr.Dataset:
         data = {}
@@ -238,11 +245,19 @@ class Monitor:
             coords["layer"] = layer_names(model)
         return xr.Dataset(data, coords=coords)
 
+    def record(self, step: int, **values: float) -> None:
+        """Add scalar ``values`` to the row of ``step`` (e.g. a trainer's logged loss, known only after the step's
+        callbacks ran); rows of one step are combined when read, the latest non-NaN value of each variable kept."""
+        row = xr.Dataset({k: ((), float(v)) for k, v in values.items() if v is not None}, coords={"step": int(step)})
+        self.rows.append(row)
+        if self.store is not None:
+            self.store.log(row)
+
     def dataset(self) -> xr.Dataset:
         """Everything recorded: the store read back (with what earlier runs into it wrote), else the rows kept."""
         if self.store is not None:
             return read_store(self.store.path)
-        return xr.concat(self.rows, "step", join="outer") if self.rows else xr.Dataset()
+        return combine_rows(self.rows) if self.rows else xr.Dataset()
 
     def close(self) -> None:
         """Write what is buffered as a segment (the journal already holds it against a crash)."""

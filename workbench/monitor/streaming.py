@@ -86,10 +86,13 @@ def _logits(outputs) -> torch.Tensor:
 
 
 @torch.no_grad()
-def output_stats(model: nn.Module, inputs, previous_logp: torch.Tensor | None, mask=None) -> dict:
-    """``{"log_z", "logit_norm", "traj_kl": floats, "logp": the log-softmax kept for the next call}``;
-    ``mask`` (1 = a real token) excludes padded positions of sequence outputs."""
-    z = _logits(call_model(model, inputs)).detach()
+def output_stats(model: nn.Module, inputs, previous_logp: torch.Tensor | None, mask=None, loss_fn=None, targets=None):
+    """``{"log_z", "logit_norm", "traj_kl", "probe_loss": floats, "logp": the log-softmax kept for the next
+    call}``; ``mask`` (1 = a real token) excludes padded positions of sequence outputs; ``probe_loss`` is
+    ``loss_fn(outputs, targets)`` on the probe batch (NaN without a loss)."""
+    outputs = call_model(model, inputs)
+    probe_loss = math.nan if loss_fn is None else float(loss_fn(outputs, targets))
+    z = _logits(outputs).detach()
     z = z.to(torch.promote_types(z.dtype, torch.float32))
     z = z.reshape(-1, z.shape[-1])
     keep = None if mask is None else to_device(mask, z.device).reshape(-1).bool()
@@ -104,6 +107,7 @@ def output_stats(model: nn.Module, inputs, previous_logp: torch.Tensor | None, m
         "log_z": float(log_z.mean()),
         "logit_norm": float(z.norm(dim=-1).mean()),
         "traj_kl": kl,
+        "probe_loss": probe_loss,
         "logp": logp,
     }
 
@@ -123,6 +127,8 @@ def edge(optimizer: torch.optim.Optimizer | None) -> tuple[float, str]:
         return math.nan, "hessian"
     g = optimizer.param_groups[0]
     lr = float(g["lr"])
+    if lr <= 0:  # a schedule decayed to 0: nothing is unstable
+        return math.inf, "hessian (lr = 0)"
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         b1 = float(g["betas"][0])
         return (2 + 2 * b1) / ((1 - b1) * lr), "adam-preconditioned"

@@ -8,7 +8,7 @@ with :func:`~workbench.results.save`
 (SIGKILL included) leaves every earlier segment whole and at most a temporary file that the next reader
 removes. Readers open the folder while a writer appends (:func:`read_store`, :func:`workbench.load`); a
 resumed run appends new segments, and a step written twice (a run resumed from an earlier checkpoint) keeps
-its latest value. Rows along ``step`` and events along ``event`` (alarms) are kept in one
+its latest non-NaN values. Rows along ``step`` and events along ``event`` (alarms) are kept in one
 ``xarray.Dataset``; variables absent from a row are NaN there.
 
 Why segments rather than one zarr array resized in place: a resize rewrites array metadata before the
@@ -28,7 +28,7 @@ import xarray as xr
 from . import load, save
 from .files import DamagedFileError, atomic_write, clean_stale_temps
 
-__all__ = ["StepStore", "is_store", "read_store", "to_zarr", "MARKER"]
+__all__ = ["StepStore", "is_store", "read_store", "combine_rows", "to_zarr", "MARKER"]
 
 MARKER = "workbench-store.json"
 JOURNAL = "journal.jsonl"
@@ -117,7 +117,7 @@ class StepStore:
             return None
         parts = []
         if rows:
-            parts.append(xr.concat(rows, STEP, join="outer", combine_attrs="drop_conflicts"))
+            parts.append(_stack(rows))
         if events:
             parts.append(_events(events))
         ds = xr.merge(parts, combine_attrs="drop_conflicts")
@@ -151,16 +151,20 @@ def read_store(path) -> xr.Dataset:
         if STEP in rest.dims:
             rows.append(rest)
     jrows, jevents = read_journal(path / JOURNAL)
-    rows += [xr.concat(jrows, STEP, join="outer")] if jrows else []
+    rows += [_stack(jrows)] if jrows else []
     events += [_events(jevents)] if jevents else []
     out = xr.Dataset()
     if rows:
-        out = xr.concat(rows, STEP, join="outer", combine_attrs="drop_conflicts")
-        out = out.isel({STEP: _latest(out[STEP].values)}).sortby(STEP)
+        out = combine_rows(rows)
     if events:
         out = xr.merge([out, xr.concat(events, EVENT, join="outer")], combine_attrs="override")
     out.attrs = dict(meta.get("attrs", {}), resumed=int(meta.get("resumed", 0)))
     return out
+
+
+def _stack(rows: list[xr.Dataset]) -> xr.Dataset:
+    """Rows along ``step``; a variable (or coordinate) missing from some rows is NaN there."""
+    return xr.concat(rows, STEP, join="outer", coords="minimal", compat="override", combine_attrs="drop_conflicts")
 
 
 def _plain(v):
@@ -191,11 +195,14 @@ def read_journal(path) -> tuple[list[xr.Dataset], list[dict]]:
     return rows, events
 
 
-def _latest(steps) -> list[int]:
-    last = {}
-    for i, s in enumerate(steps.tolist()):
-        last[s] = i
-    return sorted(last.values())
+def combine_rows(rows: list[xr.Dataset]) -> xr.Dataset:
+    """Rows (or blocks of rows) along ``step``, sorted; rows of one step combined, the latest non-NaN value of
+    each variable kept (a resumed run's repeated steps, a loss recorded after the step's other statistics)."""
+    out = _stack(rows)
+    steps = out[STEP].values
+    if len(np.unique(steps)) == len(steps):
+        return out.sortby(STEP)
+    return out.groupby(STEP).last(skipna=True).sortby(STEP)
 
 
 def to_zarr(path, target) -> Path:
