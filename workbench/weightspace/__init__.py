@@ -6,13 +6,33 @@ to model A. :mod:`~workbench.weightspace.repair`: REPAIR (Jordan et al. 2023) an
 :func:`connectivity`: linear mode connectivity before and after alignment.
 """
 
+from .alignment import ALIGN_METHODS, align, equivalence_error, match, permute
 from .fisher_merge import diagonal_fisher, fisher_merge
+from .graph import PermutationSpec, permutation_groups
+from .lmc import LMC_METHODS, barriers, connectivity, singular_cosines
 from .merge_sweep import endpoint_losses, merge_landscape
 from .merging import Soup, greedy_soup, sign_conflicts, task_arithmetic, task_vectors, ties_merge, uniform_soup
+from .repair import interpolate_models, repair, repair_points, reset_batchnorm, unit_statistics
 from .spectra import fit_power_law, layer_eigenvalues, layer_weights, weight_spectra
 
 __all__ = [
     # alignment (helper "align")
+    "permutation_groups",
+    "PermutationSpec",
+    "match",
+    "permute",
+    "align",
+    "equivalence_error",
+    "ALIGN_METHODS",
+    "connectivity",
+    "LMC_METHODS",
+    "barriers",
+    "singular_cosines",
+    "repair",
+    "reset_batchnorm",
+    "repair_points",
+    "unit_statistics",
+    "interpolate_models",
     # merging and spectra (helper "merge")
     "uniform_soup",
     "greedy_soup",

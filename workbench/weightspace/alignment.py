@@ -6,7 +6,7 @@ undoing it before interpolating often removes the loss barrier between them (Ent
 et al. 2023, "Git Re-Basin: Merging Models modulo Permutation Symmetries"). The groups of axes that share a
 permutation come from the module graph (:func:`~workbench.weightspace.graph.permutation_groups`):
 MLPs, CNNs, ResNets with BatchNorm (one permutation per residual stream) and transformer blocks (heads as
-blocks, units within heads, the residual stream shared). Methods (:data:`METHODS`):
+blocks, units within heads, the residual stream shared). Methods (:data:`ALIGN_METHODS`):
 
 * ``"weight"``: weight matching, ``max_P sum_g <A_g, P_g B_g P'^T>`` by coordinate descent with exact linear
   assignments (:mod:`~workbench.weightspace.matching`); no data but one example for the shapes;
@@ -35,9 +35,9 @@ from ..validate import choice, count
 from .graph import Entry, PermutationSpec, example_input, permutation_groups
 from .matching import apply_entry, coordinate_descent, objective, solve, units_of
 
-__all__ = ["METHODS", "match", "permute", "align", "equivalence_error"]
+__all__ = ["ALIGN_METHODS", "match", "permute", "align", "equivalence_error"]
 
-METHODS = ("weight", "activation")
+ALIGN_METHODS = ("weight", "activation")
 
 
 def _state(model: nn.Module) -> dict:
@@ -127,12 +127,13 @@ def match(
     ...     for p, q in zip(a.parameters(), b.parameters()):
     ...         _ = q.copy_(p)
     ...     idx = torch.tensor([3, 0, 4, 1, 2])
-    ...     b[0].weight.copy_(a[0].weight[idx]); b[0].bias.copy_(a[0].bias[idx]); b[2].weight.copy_(a[2].weight[:, idx])
+    ...     _ = b[0].weight.copy_(a[0].weight[idx]), b[0].bias.copy_(a[0].bias[idx])
+    ...     _ = b[2].weight.copy_(a[2].weight[:, idx])
     >>> r = match(a, b, None, torch.randn(4, 3), progress=False)
     >>> r["0"].values.tolist()                       # B's unit perm[i] is A's unit i
     [1, 3, 4, 0, 2]
     """
-    method = choice("method", method, METHODS)
+    method = choice("method", method, ALIGN_METHODS)
     max_iter = count("max_iter", max_iter)
     restarts = count("restarts", restarts)
     _check_pair(model_a, model_b)

@@ -24,7 +24,7 @@ from ..data import input_batches
 from ..state import modes
 from .fxrules import apply_rule
 
-__all__ = ["Entry", "Group", "PermutationSpec", "permutation_groups", "example_input"]
+__all__ = ["Entry", "Group", "PermutationSpec", "permutation_groups", "example_input", "trace"]
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ def example_input(data, n: int = 2) -> torch.Tensor:
     return batch[:n]
 
 
-def _trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
+def trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     """``torch.fx.symbolic_trace``; a forward that branches on shapes (``if x.dim() == 2``) is traced again
     with meta tensors of the example's shape (``torch.fx.experimental.meta_tracer``)."""
     try:
@@ -258,7 +258,7 @@ def permutation_groups(model: nn.Module, example) -> PermutationSpec:
     """
     if not isinstance(example, torch.Tensor):
         example = example_input(example)
-    gm = _trace(model, example)
+    gm = trace(model, example)
     b = _Builder()
     state: dict = {}
     for node in gm.graph.nodes:
