@@ -343,3 +343,24 @@ def test_hf_trainer_callback_runs_a_real_bert(tmp_path):
     assert ds.step.values.tolist() == [2, 4]
     assert ds.attn_entropy.sizes == {"step": 2, "attn_layer": 2, "head": 2}
     assert np.isfinite(ds.loss.values).all() and np.isfinite(ds.lambda_max.values).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_monitor_matches_the_cpu_and_leaves_the_cuda_rng_alone():
+    x, y = _data()
+    rows = []
+    for dev in ("cpu", "cuda"):  # no dropout: the same trajectory on both devices
+        m = _mlp().to(dev)
+        mon = Monitor(None, F.cross_entropy, (x.to(dev), y.to(dev)), schedule=every(2), n_iter=75)
+        _train(m, x.to(dev), y.to(dev), 5, mon, momentum=0.9)
+        rows.append(mon.dataset())
+    for k in ("lambda_max", "log_z", "dist_init", "traj_kl"):
+        np.testing.assert_allclose(rows[1][k].values, rows[0][k].values, rtol=1e-6, atol=1e-9)
+    finals = []
+    for monitored in (False, True):  # CUDA dropout draws from the CUDA generator: the monitor must not shift it
+        torch.manual_seed(5)
+        m = _mlp(dropout=0.3).cuda()
+        mon = Monitor(None, F.cross_entropy, (x.cuda(), y.cuda()), schedule=every(2)) if monitored else None
+        _train(m, x.cuda(), y.cuda(), 5, mon, momentum=0.9)
+        finals.append([p.detach().clone() for p in m.parameters()] + [torch.cuda.get_rng_state()])
+    assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(*finals))
