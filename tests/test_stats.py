@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 from workbench.stats import granulated_tau, interval, kendall_tau, weighted_tau
@@ -41,6 +42,18 @@ def test_coverage_of_nominal_95_intervals_is_at_least_90_percent(case, scheme):
     assert 0.90 <= hits / 200 <= 0.99, hits / 200  # not trivially wide either
     if case == "mean":  # the width matches the known sampling distribution: 2 * 1.96 * 2 / sqrt(50) = 1.109
         assert abs(np.mean(widths) - 2 * 1.96 * 2 / math.sqrt(50)) < 0.1
+
+
+def test_kendall_tau_intervals_cover_the_population_tau_of_a_gaussian_pair():
+    # for a bivariate normal with correlation rho, the population tau is (2 / pi) arcsin(rho)
+    truth = 2 / math.pi * math.asin(0.5)
+    hits = 0
+    for rep in range(200):
+        z = np.random.default_rng(rep).multivariate_normal([0, 0], [[1, 0.5], [0.5, 1]], size=20)
+        est, lo, hi = interval(kendall_tau, z[:, 0], z[:, 1], seed=rep, bounds=(-1, 1))
+        hits += lo <= truth <= hi
+        assert lo <= est <= hi and -1 <= lo and hi <= 1
+    assert 0.90 <= hits / 200 <= 0.99
 
 
 def test_a_score_that_duplicates_inflate_keeps_its_estimate_inside():
@@ -103,6 +116,10 @@ def test_kendall_and_weighted_tau_agree_with_hand_counts():
     assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
     assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))
+    rng = np.random.default_rng(0)
+    for n in (5, 50, 300):  # with ties, both code paths (pair signs up to SMALL_TAU, scipy beyond) equal scipy
+        a, b = rng.integers(0, 6, n), rng.integers(0, 6, n)
+        assert kendall_tau(a, b) == pytest.approx(scipy.stats.kendalltau(a, b).statistic, abs=1e-12)
     assert kendall_tau([1, 2, np.nan, 3], [1, 2, 9, 3]) == pytest.approx(1.0)
     # weighted tau: a swap at the top costs more than one at the bottom
     top, bottom = weighted_tau([4, 3, 2, 1], [3, 4, 2, 1]), weighted_tau([4, 3, 2, 1], [4, 3, 1, 2])

@@ -50,6 +50,9 @@ Interval = namedtuple("Interval", "estimate low high")
 #: the resampling schemes :func:`interval` knows
 SCHEMES = ("subsample", "bca")
 
+#: up to this many pairs' length, :func:`kendall_tau` counts pair signs itself (O(n^2) numpy)
+SMALL_TAU = 200
+
 #: the jackknife of ``"bca"`` deletes blocks instead of single units beyond this many units
 JACKKNIFE_BLOCKS = 100
 
@@ -203,14 +206,18 @@ def kendall_tau(x: Any, y: Any) -> float:
     and discordant pairs over ``sqrt((P - ties_x)(P - ties_y))``; NaN when either vector is constant or
     shorter than 2. Pairs with a NaN are dropped.
 
-    >>> kendall_tau([1, 2, 3, 4], [1, 3, 2, 4])
-    0.6666666666666669
+    >>> round(kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]), 12)  # 5 concordant, 1 discordant pair of 6
+    0.666666666667
     """
     x, y = _pair(x, y)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan
+    if x.size <= SMALL_TAU:  # pair signs directly: the same number, without scipy's per-call overhead
+        i, j = np.triu_indices(x.size, 1)
+        sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+        return float(np.sum(sx * sy) / math.sqrt(float(np.count_nonzero(sx)) * float(np.count_nonzero(sy))))
     return float(kendalltau(x, y).statistic)
 
 

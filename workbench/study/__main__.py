@@ -8,6 +8,7 @@ report runs through ``python -m workbench.cli`` in a child process).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="dask worker processes (1: in this process)")
     ap.add_argument("--n-resamples", type=int, default=200, help="subsamples per interval")
     ap.add_argument("--target", default="gap", choices=["gap", "loss_gap"])
+    ap.add_argument("--device", default="cpu", help="where runs train and are measured: cpu or cuda")
     ap.add_argument("--no-report", action="store_true")
     a = ap.parse_args(argv)
     if a.workers < 1:
@@ -35,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    runs = build_zoo(a.preset, workers=a.workers, measure=measure_run)
+    measure = measure_run if a.device == "cpu" else functools.partial(measure_run, device=a.device)
+    runs = build_zoo(a.preset, workers=a.workers, measure=measure, device=a.device)
     t1 = time.perf_counter()
     tab = measure_zoo(runs)
     print(f"{runs.sizes['run']} runs ({int(runs.converged.sum())} converged) trained and measured in {t1 - t0:.0f} s")

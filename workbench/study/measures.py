@@ -127,7 +127,8 @@ def path_norm(model: nn.Module, input_shape: tuple[int, ...] = (64,)) -> float:
     model.eval()
     try:
         with torch.no_grad():
-            out = functional_call(model, sq, (torch.ones((1, *input_shape)),))
+            dev = next(iter(sq.values())).device if sq else None
+            out = functional_call(model, sq, (torch.ones((1, *input_shape), device=dev),))
     finally:
         model.train(was)
     return float(out.double().sum())
@@ -225,9 +226,10 @@ def measure_model(
     return {k: v[k] for k in MEASURES}, notes
 
 
-def measure_run(path: str | Path, *, n_data: int = 512) -> dict[str, Any]:
+def measure_run(path: str | Path, *, n_data: int = 512, device: str | None = None) -> dict[str, Any]:
     """The measures of a cached run (:func:`workbench.study.zoo.run_path`), on the first ``n_data`` training
-    samples, cached beside it as ``<run>.m<MEASURES_VERSION>.json``: ``{"values": {...}, "notes": [...]}``."""
+    samples (on ``device``, default the CPU), cached beside it as ``<run>.m<MEASURES_VERSION>.json``:
+    ``{"values": {...}, "notes": [...]}``."""
     path = Path(path)
     out = path.with_suffix(f".m{MEASURES_VERSION}.json")
     if out.exists():
@@ -235,8 +237,10 @@ def measure_run(path: str | Path, *, n_data: int = 512) -> dict[str, Any]:
     from ..results import atomic_write
 
     model, init, rec = load_run(path)
-    x, y = run_data(json.loads(rec["spec"]), "train")
-    values, notes = measure_model(model, init, (x[:n_data], y[:n_data]))
+    if device is not None:
+        model, init = model.to(device), init.to(device)
+    x, y = (t[:n_data].to(device or "cpu") for t in run_data(json.loads(rec["spec"]), "train"))
+    values, notes = measure_model(model, init, (x, y))
     res = {"values": values, "notes": notes}
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(res)))
     return res

@@ -20,6 +20,7 @@ where it stopped and presets share runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -185,15 +186,18 @@ def _eval(model, x, y):
         return float(nn.functional.cross_entropy(out, y)), float((out.argmax(1) == y).float().mean())
 
 
-def train_run(spec: dict) -> dict:
+def train_run(spec: dict, device: str | torch.device = "cpu") -> dict:
     """Train one run to its criterion; returns a record of plain types and tensors (``torch.save``-able):
     ``state_dict``, ``init_state_dict``, ``train_loss``/``train_acc``/``test_loss``/``test_acc`` (eval mode),
-    ``epochs``, ``steps``, ``converged``. The caller's RNG is untouched (``torch.random.fork_rng``)."""
+    ``epochs``, ``steps``, ``converged``. The caller's RNG is untouched (``torch.random.fork_rng``). ``device``:
+    where to train (the record is on the CPU; the batch order and the initialisation are drawn on the CPU, so a
+    CUDA run differs from a CPU run only by floating-point rounding)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(spec["seed"]))
         model = build_model(spec)
         init = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        x, y = run_data(spec, "train")
+        model.to(device)
+        x, y = (t.to(device) for t in run_data(spec, "train"))
         gen = torch.Generator().manual_seed(int(spec["seed"]))
         opt = torch.optim.SGD(model.parameters(), lr=spec["lr"], momentum=0.9, weight_decay=spec["weight_decay"])
         lf, bs, rho, steps = nn.CrossEntropyLoss(), int(spec["batch_size"]), float(spec["rho"]), 0
@@ -203,7 +207,8 @@ def train_run(spec: dict) -> dict:
             model.train()
             perm = torch.randperm(len(y), generator=gen)
             for i in range(0, len(y), bs):
-                xb, yb = x[perm[i : i + bs]], y[perm[i : i + bs]]
+                sel = perm[i : i + bs].to(device)
+                xb, yb = x[sel], y[sel]
                 opt.zero_grad(set_to_none=True)
                 lf(model(xb), yb).backward()
                 if rho > 0:  # SAM: the gradient at theta + rho g / |g|, applied at theta
@@ -221,10 +226,10 @@ def train_run(spec: dict) -> dict:
                 opt.step()
                 steps += 1
             loss = _eval(model, x, y)[0]
-        tr, te = _eval(model, x, y), _eval(model, *run_data(spec, "test"))
+        tr, te = _eval(model, x, y), _eval(model, *(t.to(device) for t in run_data(spec, "test")))
     return {
         "spec": json.dumps(spec, sort_keys=True),
-        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "init_state_dict": init,
         "train_loss": tr[0],
         "train_acc": tr[1],
@@ -245,12 +250,12 @@ def run_path(spec: dict) -> Path:
     return cache_root() / "study" / f"{_hash(spec)}.pt"
 
 
-def _task(spec: dict, measure: Any = None) -> str:
+def _task(spec: dict, measure: Any = None, device: str = "cpu") -> str:
     """One point of the sweep (runs in a dask worker): train if not cached, then ``measure(path)``."""
     torch.set_num_threads(1)
     path = run_path(spec)
     if not path.exists():
-        rec = train_run(spec)
+        rec = train_run(spec, device)
         atomic_write(path, lambda tmp: torch.save(rec, tmp))
     if measure is not None:
         measure(path)
@@ -258,22 +263,35 @@ def _task(spec: dict, measure: Any = None) -> str:
 
 
 def build_zoo(
-    preset: str | dict = "default", *, workers: int = 1, measure: Any = None, progress: bool = True
+    preset: str | dict = "default",
+    *,
+    workers: int = 1,
+    measure: Any = None,
+    device: str = "cpu",
+    progress: bool = True,
 ) -> xr.Dataset:
     """Train (or load from the cache) every run of ``preset`` on a dask sweep with ``workers`` processes
     and return the table over ``run``: the axes as coordinates, ``train_loss``, ``test_loss``,
     ``train_acc``, ``test_acc``, ``gap`` (train minus test accuracy: Jiang et al.'s generalization gap),
     ``loss_gap``, ``epochs``, ``converged`` and ``path`` (the cached record). ``measure(path)``, if given,
-    runs in the worker after training (the study's measures, cached beside the run).
+    runs in the worker after training (the study's measures, cached beside the run). ``device``: where runs
+    train (``"cuda"`` for the large preset; measure on it too with
+    ``measure=functools.partial(measure_run, device="cuda")``). ``progress``: dask's progress bar.
     """
     import dask
 
     specs = configs(preset)
-    tasks = [dask.delayed(_task, pure=False)(s, measure) for s in specs]
-    if workers <= 1:
-        paths = dask.compute(*tasks, scheduler="synchronous")
-    else:
-        paths = dask.compute(*tasks, scheduler="processes", num_workers=int(workers))
+    from dask.diagnostics import ProgressBar
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers: expected an int >= 1 (worker processes), got {workers!r}")
+    tasks = [dask.delayed(_task, pure=False)(s, measure, str(device)) for s in specs]
+    bar = ProgressBar(minimum=2.0) if progress else contextlib.nullcontext()
+    with bar:
+        if workers == 1:
+            paths = dask.compute(*tasks, scheduler="synchronous")
+        else:
+            paths = dask.compute(*tasks, scheduler="processes", num_workers=workers)
     recs = [torch.load(p, weights_only=True, map_location="cpu") for p in paths]
     cols = {k: ("run", [s[k] for s in specs]) for k in AXES}
     data = {k: ("run", [r[k] for r in recs]) for k in ("train_loss", "test_loss", "train_acc", "test_acc")}
