@@ -9,7 +9,8 @@ Where the two differ, and why (read from weightwatcher's source):
   largest as xmin (tails down to 2 points) and measures D against one side of the empirical CDF's steps
   (``k / n``); workbench needs ``min_tail`` (10) points and takes both sides (``k / n`` and ``(k + 1) / n``), the
   KS statistic proper. On heavy tails they pick the same or a nearby xmin; on small or near-MP spectra a 2-5
-  point tail can win in weightwatcher and alpha then differs a lot.
+  point tail can win in weightwatcher and alpha then differs a lot. Below 20 eigenvalues weightwatcher switches to
+  another estimator (``fit_powerlaw_smallN``, a prior on alpha): the 10-class heads differ for that reason.
 * **eigenvalue floor**: weightwatcher drops eigenvalues <= 1e-5 (absolute), workbench <= 1e-10 lambda_max.
 * **convolutions**: both read a ``(out, in, kh, kw)`` kernel as kh*kw matrices ``(out, in)`` whose eigenvalues are
   pooled into one ESD (``pool=True``). weightwatcher then multiplies conv weights by ``sqrt(conv2d_count / 2)`` =
