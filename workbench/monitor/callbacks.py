@@ -8,10 +8,12 @@ Lightning and transformers are imported when a callback is made, never by ``impo
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["lightning_callback", "hf_callback"]
 
 
-def lightning_callback(monitor):
+def lightning_callback(monitor: Any) -> Any:
     """A ``lightning.pytorch.Callback`` (or ``pytorch_lightning``'s) driving ``monitor``."""
     try:
         from lightning.pytorch import Callback
@@ -39,7 +41,7 @@ def lightning_callback(monitor):
     return LightningMonitor()
 
 
-def hf_callback(monitor):
+def hf_callback(monitor: Any) -> Any:
     """A ``transformers.TrainerCallback`` driving ``monitor``. The Trainer hands no step's loss to callbacks: the
     ``loss`` recorded is the one it logs (the mean since the previous log, every ``logging_steps``);
     ``probe_loss`` is the loss on the probe batch at each monitored step."""
