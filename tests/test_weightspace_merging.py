@@ -7,9 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from torch import nn
 
 from workbench.objective import Objective
+from workbench.plots import merging as plots
 from workbench.results import model_fingerprint
 from workbench.testing import hostile_model
 from workbench.weightspace import (
@@ -305,3 +307,19 @@ def test_alpha_matches_weightwatcher_on_the_same_model():
     # weightwatcher scales conv weights by sqrt(1/2) (conv2d_norm): its conv eigenvalues are half of ours
     ratio = ours.lambda_max.values / d["lambda_max"].to_numpy(dtype=float)
     np.testing.assert_allclose(ratio, [1.0, 1.0, 2.0], rtol=1e-6)
+
+
+def test_figures_show_every_task_and_the_hessian_per_layer():
+    base, a, b = _mlp(0), _mlp(1), _mlp(2)
+    d = (torch.randn(12, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2] * 4))
+    ds = merge_landscape([base, a, b], nn.CrossEntropyLoss(), d, steps=3, tasks={"t2": d}, progress=False)
+    fig = plots.merge_landscape(ds)
+    assert [t.type for t in fig.data].count("contour") == 2
+    np.testing.assert_array_equal(fig.data[0].z, ds.loss.sel(task="data").values.T)  # z[c2, c1]
+    spectra = weight_spectra(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16)), progress=False)
+    hess = xr.Dataset(
+        {"eigenvalue": (("block", "rank"), [[9.0], [7.0], [3.0]])}, coords={"block": ["(all)", "0", "2"], "rank": [0]}
+    )
+    fig = plots.spectra_per_layer(spectra, hess)
+    assert [float(v) for v in fig.data[-1].y] == [7.0, 3.0]  # each layer's block, "(all)" left out
+    assert plots.esd(spectra, "0.weight").data[1].name.startswith("power law, alpha")

@@ -130,7 +130,8 @@ def merge_landscape(
     for i, a in enumerate(axes):
         name = f"coefficient of models[{labels[i + 1]}] - models[{labels[0]}]"
         cds[f"c{i + 1}"] = (f"c{i + 1}", a, {"long_name": name})
-    ctx.record(n_tasks=len(objs), n_points=len(grid))
+    fps = {name: o.data.fingerprint() for name, o in objs.items() if name != "data"}
+    ctx.record(n_tasks=len(objs), n_points=len(grid), **({"task_data_fingerprints": fps} if fps else {}))
     return xr.Dataset(
         {
             "loss": (dims, loss.reshape((len(objs),) + shape), {"long_name": "mean loss"}),
