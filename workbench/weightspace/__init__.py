@@ -6,7 +6,7 @@ to model A. :mod:`~workbench.weightspace.repair`: REPAIR (Jordan et al. 2023) an
 :func:`connectivity`: linear mode connectivity before and after alignment.
 """
 
-from .alignment import ALIGN_METHODS, align, equivalence_error, match, permute
+from .alignment import ALIGN_METHODS, Aligned, align, equivalence_error, match, permute
 from .fisher_merge import diagonal_fisher, fisher_merge
 from .graph import PermutationSpec, permutation_groups
 from .lmc import LMC_METHODS, barriers, connectivity, singular_cosines
@@ -22,6 +22,7 @@ __all__ = [
     "match",
     "permute",
     "align",
+    "Aligned",
     "equivalence_error",
     "ALIGN_METHODS",
     "connectivity",

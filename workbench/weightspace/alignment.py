@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from ..validate import choice, count
 from .graph import Entry, PermutationSpec, example_input, permutation_groups
 from .matching import apply_entry, coordinate_descent, objective, solve, units_of
 
-__all__ = ["ALIGN_METHODS", "match", "permute", "align", "equivalence_error"]
+__all__ = ["ALIGN_METHODS", "match", "permute", "align", "Aligned", "equivalence_error"]
 
 ALIGN_METHODS = ("weight", "activation")
 
@@ -242,6 +242,13 @@ def equivalence_error(model_a: nn.Module, model_b: nn.Module, inputs: torch.Tens
     return float((ya - yb).abs().max() / max(1.0, float(ya.abs().max())))
 
 
+class Aligned(NamedTuple):
+    """What :func:`align` returns: ``model`` (model B permuted) and ``perms`` (:func:`match`'s Dataset)."""
+
+    model: nn.Module
+    perms: xr.Dataset
+
+
 def align(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -250,8 +257,8 @@ def align(
     method: str = "weight",
     max_iter: int = 100,
     **tail,
-) -> tuple[nn.Module, xr.Dataset]:
-    """``(model B permuted to align with model A, the permutations)``: :func:`match` then :func:`permute`;
+) -> Aligned:
+    """``Aligned(model B permuted to align with model A, the permutations)``: :func:`match` then :func:`permute`;
     the aligned copy is checked to compute model B's outputs on ``data``'s first batch (eval mode) to float
     rounding (``RuntimeError`` otherwise; the error is in the attrs as ``equivalence_error``). The inputs are
     not changed. ``tail``: the probe keywords (``mode``, ``seed``, ``progress``, ...).
@@ -277,4 +284,4 @@ def align(
             "groups found for this model are wrong; please report the model"
         )
     perms.attrs["equivalence_error"] = err
-    return aligned, perms
+    return Aligned(aligned, perms)

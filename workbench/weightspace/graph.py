@@ -15,6 +15,7 @@ units is unknown is a ``ValueError`` naming the module (Ainsworth et al. 2023, "
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -244,7 +245,7 @@ def _module_of(node: fx.Node) -> str:
     return f"{owner} ({node.op} {what})"
 
 
-def permutation_groups(model: nn.Module, example) -> PermutationSpec:
+def permutation_groups(model: nn.Module, example: Any) -> PermutationSpec:
     """The permutation groups of ``model``: which weight axes share one permutation of hidden units.
 
     ``example``: an input batch the model takes (or data, of which the first inputs are used), run once

@@ -19,7 +19,7 @@ Permutation-Based Weight Matching") that weight matching aligns the dominant sin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -94,7 +94,7 @@ def connectivity(
     data: Any,
     coords: ArrayLike | None = None,
     *,
-    methods=LMC_METHODS,
+    methods: str | Sequence[str] = LMC_METHODS,
     steps: int = 11,
     repair_data: Any = None,
     ctx,
@@ -174,20 +174,41 @@ def _top(w: torch.Tensor, k: int):
     return u[:, :k], vh[:k].T
 
 
-def singular_cosines(model_a: nn.Module, model_b: nn.Module, perms: xr.Dataset, k: int = 1) -> xr.Dataset:
-    """``|cos|`` between the top-``k`` singular vectors of each weight matrix of A and of B, before (B as it is)
-    and after :func:`~workbench.weightspace.alignment.permute` (B aligned by ``perms``). Conv kernels are read
-    as ``(out, in * kh * kw)`` matrices. Dims ``(layer, side, k)``, side ``"left"`` (output units) or
-    ``"right"`` (inputs); variables ``cos_before``, ``cos_after``.
+def _case_sc():
+    return (hostile_model(0), hostile_model(1), None, hostile_data()), dict(k=2)
 
-    >>> import torch, xarray as xr
+
+@probe("weightspace.singular_cosines", case=_case_sc, tags=Tags(inputs="two_models", uses=("seed",), stochastic=True))
+def singular_cosines(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    loss_fn: Callable | None,
+    data: Any,
+    *,
+    perms: xr.Dataset | None = None,
+    k: int = 1,
+    ctx,
+) -> xr.Dataset:
+    """``|cos|`` between the top-``k`` singular vectors of each weight matrix of A and of B, before (B as it is)
+    and after :func:`~workbench.weightspace.alignment.permute` (B aligned by ``perms``; default: weight matching,
+    :func:`~workbench.weightspace.alignment.match` on ``data`` with this ``seed``). Conv kernels are read as
+    ``(out, in * kh * kw)`` matrices. Dims ``(layer, side, k)``, side ``"left"`` (output units) or ``"right"``
+    (inputs); variables ``cos_before``, ``cos_after``. ``loss_fn`` is not used (None is fine).
+
+    >>> import torch
     >>> a = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    >>> units = dict(kind="units", entries="0.weight|0|0|1")
-    >>> p = xr.Dataset({"0": xr.DataArray([0, 1, 2, 3], dims="0.unit", attrs=units)})
-    >>> float(singular_cosines(a, a, p).cos_after.min().round(6))
+    >>> b = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    >>> with torch.no_grad():
+    ...     _ = [q.copy_(p) for p, q in zip(a.parameters(), b.parameters())]
+    ...     _ = b[0].weight.copy_(a[0].weight.flip(0)), b[0].bias.copy_(a[0].bias.flip(0))
+    ...     _ = b[2].weight.copy_(a[2].weight.flip(1))
+    >>> r = singular_cosines(a, b, None, torch.randn(2, 3), progress=False)
+    >>> float(r.cos_after.min().round(6))
     1.0
     """
     k = count("k", k)
+    if perms is None:
+        perms = match(model_a, model_b, None, data, seed=ctx.seed, progress=False, cancel=ctx.cancel)
     aligned = permute(model_b, perms)
     sa, sb, sc = model_a.state_dict(), model_b.state_dict(), aligned.state_dict()
     layers = [n for n, v in sa.items() if n.endswith("weight") and v.dim() >= 2 and min(v.shape[0], v[0].numel()) >= k]
