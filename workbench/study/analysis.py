@@ -26,7 +26,12 @@ __all__ = ["factors_of", "conditional_mi", "correlate", "table"]
 
 
 def factors_of(runs: xr.Dataset) -> dict[str, np.ndarray]:
-    """The hyper-parameter axes of a study table that take more than one value: ``{axis: value per run}``."""
+    """The hyper-parameter axes of a study table that take more than one value: ``{axis: value per run}``.
+
+    >>> from workbench.study.zoo import build_zoo
+    >>> list(factors_of(build_zoo("tiny", progress=False)))
+    ['lr', 'width', 'weight_decay', 'seed']
+    """
     return {k: runs[k].values for k in AXES if k in runs.coords and len(np.unique(runs[k].values)) > 1}
 
 
@@ -101,6 +106,11 @@ def correlate(
     expected sign is applied: the worst axis), each with ``_low`` / ``_high`` (``level`` intervals by
     subsampling runs without replacement, ``n_resamples`` from ``seed``), ``n_groups`` and ``cmi`` /
     ``cmi_set`` (:func:`conditional_mi`).
+
+    >>> from workbench.study import build_zoo, measure_zoo
+    >>> res = correlate(measure_zoo(build_zoo("tiny", progress=False)), n_resamples=20)
+    >>> dict(res.sizes), bool((res.tau_low <= res.tau).all() and (res.tau <= res.tau_high).all())
+    ({'measure': 16, 'axis': 4}, True)
     """
     if "value" not in runs:
         raise ValueError("runs: expected the study table with measures (workbench.study.measure_zoo(runs))")
@@ -189,7 +199,12 @@ class _PsiCache:
 
 def table(res: xr.Dataset, digits: int = 2) -> pd.DataFrame:
     """The correlation table as text: one row per measure, ``tau [low, high]``, ``Psi [low, high]``, the
-    per-axis ``psi``, ``worst`` and ``cmi``, sorted by ``Psi`` times the expected sign."""
+    per-axis ``psi``, ``worst`` and ``cmi``, sorted by ``Psi`` times the expected sign.
+
+    >>> from workbench.study import build_zoo, measure_zoo
+    >>> table(correlate(measure_zoo(build_zoo("tiny", progress=False)), n_resamples=20)).shape
+    (16, 9)
+    """
     f = f"{{:.{digits}f}}"
 
     def ci(v, lo, hi):

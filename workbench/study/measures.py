@@ -198,6 +198,13 @@ def measure_model(
 ) -> tuple[dict[str, float], list[str]]:
     """Every measure of :data:`MEASURES` on one model (``init``: the same network at initialisation, for
     ``dist_init``; None gives NaN), on ``data`` with cross-entropy, in eval mode. Returns ``(values, notes)``.
+
+    >>> from workbench.study.zoo import build_model, configs
+    >>> torch.manual_seed(0) and None
+    >>> m = build_model(configs("tiny")[0]).eval()
+    >>> v, notes = measure_model(m, m, (torch.rand(64, 64), torch.arange(64) % 10))
+    >>> len(v), v["dist_init"], v["lambda_max"] > 0
+    (16, 0.0, True)
     """
     lf, notes, v = nn.CrossEntropyLoss(), [], {}
     kw = dict(seed=seed, **_Q)
@@ -229,7 +236,13 @@ def measure_model(
 def measure_run(path: str | Path, *, n_data: int = 512, device: str | None = None) -> dict[str, Any]:
     """The measures of a cached run (:func:`workbench.study.zoo.run_path`), on the first ``n_data`` training
     samples (on ``device``, default the CPU), cached beside it as ``<run>.m<MEASURES_VERSION>.json``:
-    ``{"values": {...}, "notes": [...]}``."""
+    ``{"values": {...}, "notes": [...]}``.
+
+    >>> from workbench.study.zoo import build_zoo
+    >>> r = measure_run(build_zoo("tiny", progress=False).path.values[0])
+    >>> sorted(r), r["values"]["sam"] >= 0
+    (['notes', 'values'], True)
+    """
     path = Path(path)
     out = path.with_suffix(f".m{MEASURES_VERSION}.json")
     if out.exists():
@@ -249,7 +262,12 @@ def measure_run(path: str | Path, *, n_data: int = 512, device: str | None = Non
 def measure_zoo(runs: xr.Dataset, *, measure: Callable[[str], dict] = measure_run) -> xr.Dataset:
     """``runs`` (from :func:`workbench.study.zoo.build_zoo`) with ``value`` over ``(run, measure)`` added
     (cached measures are read, missing ones computed), ``expected_sign`` over ``measure``, and the notes
-    in ``attrs["notes"]``."""
+    in ``attrs["notes"]``.
+
+    >>> from workbench.study.zoo import build_zoo
+    >>> measure_zoo(build_zoo("tiny", progress=False)).value.sizes
+    Frozen({'run': 8, 'measure': 16})
+    """
     res = [measure(str(p)) for p in runs.path.values]
     names = list(MEASURES)
     vals = np.array([[r["values"][k] for k in names] for r in res], dtype=float)

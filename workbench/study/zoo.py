@@ -171,7 +171,11 @@ def build_model(spec: dict) -> nn.Module:
 
 
 def run_data(spec: dict, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)`` of a run's training set (the first ``n_train`` digits training samples) or test set."""
+    """``(x, y)`` of a run's training set (the first ``n_train`` digits training samples) or test set.
+
+    >>> [tuple(t.shape) for t in run_data(configs("tiny")[0])], len(run_data(configs("tiny")[0], "test")[1])
+    ([(256, 64), (256,)], 450)
+    """
     x, y = digits(split)
     n = spec.get("n_train")
     if split == "train" and n:
@@ -191,7 +195,12 @@ def train_run(spec: dict, device: str | torch.device = "cpu") -> dict:
     ``state_dict``, ``init_state_dict``, ``train_loss``/``train_acc``/``test_loss``/``test_acc`` (eval mode),
     ``epochs``, ``steps``, ``converged``. The caller's RNG is untouched (``torch.random.fork_rng``). ``device``:
     where to train (the record is on the CPU; the batch order and the initialisation are drawn on the CPU, so a
-    CUDA run differs from a CPU run only by floating-point rounding)."""
+    CUDA run differs from a CPU run only by floating-point rounding).
+
+    >>> rec = train_run(configs("tiny")[0])
+    >>> rec["converged"], rec["train_loss"] <= 0.1 < rec["epochs"]
+    (True, True)
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(spec["seed"]))
         model = build_model(spec)
@@ -246,7 +255,11 @@ def _hash(spec: dict) -> str:
 
 
 def run_path(spec: dict) -> Path:
-    """Where a run's record is cached: ``cache_root()/study/<hash of the spec>.pt``."""
+    """Where a run's record is cached: ``cache_root()/study/<hash of the spec>.pt``.
+
+    >>> run_path(configs("tiny")[0]).parent.name
+    'study'
+    """
     return cache_root() / "study" / f"{_hash(spec)}.pt"
 
 
@@ -277,6 +290,10 @@ def build_zoo(
     runs in the worker after training (the study's measures, cached beside the run). ``device``: where runs
     train (``"cuda"`` for the large preset; measure on it too with
     ``measure=functools.partial(measure_run, device="cuda")``). ``progress``: dask's progress bar.
+
+    >>> runs = build_zoo("tiny", progress=False)   # seconds the first time, then from the cache
+    >>> runs.sizes["run"], bool(runs.converged.all()), bool((runs.gap > 0).all())
+    (8, True, True)
     """
     import dask
 
@@ -307,7 +324,12 @@ def build_zoo(
 
 
 def load_run(path: str | Path) -> tuple[nn.Module, nn.Module, dict]:
-    """``(model, init_model, record)`` of a cached run, both models in eval mode."""
+    """``(model, init_model, record)`` of a cached run, both models in eval mode.
+
+    >>> model, init, rec = load_run(build_zoo("tiny", progress=False).path.values[0])
+    >>> model.training, sorted(rec)[:3]
+    (False, ['converged', 'epochs', 'init_state_dict'])
+    """
     rec = torch.load(path, weights_only=True, map_location="cpu")
     spec = json.loads(rec["spec"])
     model, init = build_model(spec), build_model(spec)
