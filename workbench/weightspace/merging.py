@@ -26,7 +26,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from ..validate import fraction
+from ..validate import real
 
 __all__ = [
     "uniform_soup",
@@ -173,7 +173,11 @@ def greedy_soup(models: Models, score: Callable[[nn.Module], float], *, maximize
     sign = 1.0 if maximize else -1.0
 
     def scored(m: nn.Module) -> float:
-        v = float(score(m))
+        out = score(m)
+        try:
+            v = float(out)
+        except (TypeError, ValueError):
+            raise TypeError(f"score: must return a number (higher is better), got {type(out).__name__}") from None
         if not np.isfinite(v):
             raise ValueError(f"score: returned {v} for a model; it must return a finite number")
         return v
@@ -288,7 +292,7 @@ def ties_merge(base: nn.Module, models: Models, *, density: float = 0.2, scale: 
     >>> ties_merge(base, [a, b], density=1.0).weight.tolist()   # [mean(3, 1), 2 (the -1 is outvoted)]
     [[2.0, 2.0]]
     """
-    density = fraction("density", density, closed=True)
+    density = real("density", density, lo=0.0, hi=1.0, lo_open=True)
     scale = _scales(scale, 1)[0]
     tv = task_vectors(base, models)
     trimmed = [_trimmed(t, density) for t in tv.values()]
@@ -319,7 +323,7 @@ def sign_conflicts(task_vectors: Mapping[str, Mapping[str, torch.Tensor]], *, de
     """
     if not isinstance(task_vectors, Mapping) or not task_vectors:
         raise TypeError("task_vectors: expected a non-empty dict label -> {name: tensor}, as task_vectors() returns")
-    density = fraction("density", density, closed=True)
+    density = real("density", density, lo=0.0, hi=1.0, lo_open=True)
     tvs = [{k: torch.as_tensor(v).double() for k, v in t.items()} for t in task_vectors.values()]
     names = list(tvs[0])
     if any(list(t) != names for t in tvs[1:]):
