@@ -6,7 +6,7 @@ Probes: :func:`slice_1d`, :func:`slice_2d`, :func:`interpolate`, :func:`pca_dire
 (:data:`NORMALIZATIONS`). The lattice evaluator is :class:`~workbench.landscape.grid.Grid`.
 """
 
-from .connectivity import interpolate, repaired_buffers
+from .connectivity import interpolate, repaired_buffers, reset_buffers
 from .directions import (
     NORMALIZATIONS,
     ONE_D,
@@ -36,6 +36,7 @@ __all__ = [
     "child_seeds",
     "check_same_space",
     "as_direction",
+    "reset_buffers",
     "repaired_buffers",
     "Grid",
 ]

@@ -3,13 +3,18 @@
 :func:`interpolate` evaluates ``L((1 - t) theta_a + t theta_b)`` and the loss barrier of Frankle et
 al. (2020, "Linear Mode Connectivity and the Lottery Ticket Hypothesis"),
 ``B = max_t [L(theta(t)) - ((1 - t) L(theta_a) + t L(theta_b))]`` over t in [0, 1].
-:func:`repaired_buffers` recomputes BatchNorm running statistics at a point of the path (Jordan et
-al. 2023, "REPAIR"), with ``torch.optim.swa_utils.update_bn`` semantics.
+:func:`reset_buffers` recomputes BatchNorm running statistics at a point of the path, with
+``torch.optim.swa_utils.update_bn`` semantics: this is **RESET** in the terms of Jordan et al. (2023, "REPAIR:
+REnormalizing Permuted Activations for Interpolation Repair"), not REPAIR itself (which rescales every hidden
+channel to the interpolated endpoint statistics: ``workbench.weightspace.repair``, with permutation alignment
+and the barrier per method in ``workbench.weightspace.connectivity``). The older names ``bn_repair=`` and
+``repaired_buffers`` still work and warn (``DeprecationWarning``).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +34,7 @@ from ..validate import count
 from .directions import check_same_space
 from .grid import lattice_axis, mark_nonfinite
 
-__all__ = ["batchnorms", "repaired_buffers", "interpolate"]
+__all__ = ["batchnorms", "reset_buffers", "repaired_buffers", "interpolate"]
 
 
 def batchnorms(model: nn.Module) -> list[nn.Module]:
@@ -44,18 +49,18 @@ def batchnorms(model: nn.Module) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def repaired_buffers(obj: Objective, theta: torch.Tensor, data: Data | None = None) -> dict[str, torch.Tensor]:
-    """The model's buffers with BatchNorm running statistics recomputed at ``theta``: reset, then a
+def reset_buffers(obj: Objective, theta: torch.Tensor, data: Data | None = None) -> dict[str, torch.Tensor]:
+    """RESET: the model's buffers with BatchNorm running statistics recomputed at ``theta``: reset, then a
     cumulative average of batch statistics over one pass of ``data`` (default the objective's) with
     BatchNorm in train mode and every other module in the objective's mode
     (``torch.optim.swa_utils.update_bn`` semantics). Nothing of the model is written.
 
     >>> import torch
     >>> from workbench.objective import Objective
-    >>> from workbench.landscape.connectivity import repaired_buffers
+    >>> from workbench.landscape.connectivity import reset_buffers
     >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).eval()
     >>> obj = Objective(m, torch.nn.MSELoss(), (torch.randn(8, 2), torch.zeros(8, 2)))
-    >>> b = repaired_buffers(obj, obj.theta0)
+    >>> b = reset_buffers(obj, obj.theta0)
     >>> sorted(b), torch.equal(m[1].running_mean, torch.zeros(2))   # the model's own are untouched
     (['1.num_batches_tracked', '1.running_mean', '1.running_var'], True)
     """
@@ -87,9 +92,31 @@ def repaired_buffers(obj: Objective, theta: torch.Tensor, data: Data | None = No
     return {k: v for k, v in base.items() if k not in params}
 
 
+def repaired_buffers(obj: Objective, theta: torch.Tensor, data: Data | None = None) -> dict[str, torch.Tensor]:
+    """Deprecated name of :func:`reset_buffers` (it is RESET, not REPAIR); warns and calls it.
+
+    >>> import warnings, torch
+    >>> from workbench.objective import Objective
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).eval()
+    >>> obj = Objective(m, torch.nn.MSELoss(), (torch.randn(8, 2), torch.zeros(8, 2)))
+    >>> with warnings.catch_warnings(record=True) as w:
+    ...     warnings.simplefilter("always")
+    ...     _ = repaired_buffers(obj, obj.theta0)
+    >>> w[0].category.__name__
+    'DeprecationWarning'
+    """
+    warnings.warn(
+        "repaired_buffers is RESET (BatchNorm statistics recomputed), not REPAIR: use reset_buffers; REPAIR itself "
+        "is workbench.weightspace.repair",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return reset_buffers(obj, theta, data)
+
+
 def _case_interp():
     return (hostile_model(0), hostile_model(1), nn.CrossEntropyLoss(), hostile_data()), dict(
-        coords=[0.0, 0.5, 1.0], bn_repair=True
+        coords=[0.0, 0.5, 1.0], bn_reset=True
     )
 
 
@@ -102,7 +129,8 @@ def interpolate(
     coords: ArrayLike | None = None,
     *,
     steps: int = 21,
-    bn_repair: bool | Any = False,
+    bn_reset: bool | Any = False,
+    bn_repair: bool | Any = None,
     ctx,
 ) -> xr.Dataset:
     """Loss and accuracy along the linear path ``theta(t) = (1 - t) theta_a + t theta_b``.
@@ -112,10 +140,12 @@ def interpolate(
     losses ``loss_a`` and ``loss_b``. ``coords`` default ``linspace(0, 1, steps)``; values outside
     [0, 1] extrapolate the line. The endpoints (t = 0 and 1) are bitwise the two models' losses.
 
-    ``bn_repair``: recompute BatchNorm running statistics at every point of the path from ``data``
-    (``True``) or from the data given as ``bn_repair`` before evaluating (:func:`repaired_buffers`);
-    without it BatchNorm buffers are interpolated linearly along with the weights, and interpolated
-    running statistics are meaningless (Jordan et al. 2023, "REPAIR").
+    ``bn_reset`` (RESET in Jordan et al. 2023): recompute BatchNorm running statistics at every point of the
+    path from ``data`` (``True``) or from the data given as ``bn_reset`` before evaluating
+    (:func:`reset_buffers`); without it BatchNorm buffers are interpolated linearly along with the weights,
+    and interpolated running statistics are meaningless. REPAIR proper (every hidden channel rescaled) and
+    permutation alignment are in :func:`workbench.weightspace.connectivity`. ``bn_repair``: the deprecated
+    name of ``bn_reset`` (it warns).
 
     >>> import torch, workbench as wb
     >>> a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
@@ -137,12 +167,22 @@ def interpolate(
     ta, tb = obj.theta0, space_b.theta0
     diff = tb - ta
     repair = given = None
-    if not (bn_repair is None or isinstance(bn_repair, (bool, np.bool_))):
+    if bn_repair is not None:
+        if not (isinstance(bn_reset, (bool, np.bool_)) and not bn_reset):
+            raise TypeError("bn_repair: the deprecated name of bn_reset; give bn_reset alone")
+        warnings.warn(
+            "interpolate(bn_repair=...) recomputes BatchNorm statistics, which is RESET, not REPAIR: use "
+            "bn_reset=...; REPAIR itself is workbench.weightspace.repair / weightspace.connectivity",
+            DeprecationWarning,
+            stacklevel=4,
+        )
+        bn_reset = bn_repair
+    if not (bn_reset is None or isinstance(bn_reset, (bool, np.bool_))):
         try:
-            given = as_data(bn_repair, obj.device, obj.dtype)
+            given = as_data(bn_reset, obj.device, obj.dtype)
         except (TypeError, ValueError) as e:
-            raise type(e)(f"bn_repair: expected True, False or data for the BatchNorm statistics; {e}") from None
-    if (given is not None or bool(bn_repair)) and batchnorms(model_a):
+            raise type(e)(f"bn_reset: expected True, False or data for the BatchNorm statistics; {e}") from None
+    if (given is not None or bool(bn_reset)) and batchnorms(model_a):
         repair = obj.data if given is None else given
     buf_a = dict(model_a.named_buffers())
     buf_b = dict(model_b.named_buffers())
@@ -151,7 +191,7 @@ def interpolate(
     for i, ti in enumerate(ctx.iterate(t, desc="interpolate")):
         theta = ta if ti == 0.0 else tb if ti == 1.0 else ta + float(ti) * diff
         if repair is not None:
-            bufs = repaired_buffers(obj, theta, repair)
+            bufs = reset_buffers(obj, theta, repair)
         else:  # buffers interpolated like the weights (integer counters taken from model_a)
             bufs = {
                 k: (
@@ -177,9 +217,9 @@ def interpolate(
     lin = (1 - t) * la + t * lb
     barrier = float(np.nanmax((loss - lin)[inside])) if inside.any() and np.isfinite(loss[inside]).any() else math.nan
     simple = float(np.nanmax(loss[inside]) - max(la, lb)) if inside.any() else math.nan
-    ctx.record(bn_repair=repair is not None)
+    ctx.record(bn_reset=repair is not None)
     if repair is not None and given is not None:
-        ctx.record(bn_repair_data_fingerprint=repair.fingerprint())
+        ctx.record(bn_reset_data_fingerprint=repair.fingerprint())
     ds.attrs.update(barrier=barrier, barrier_simple=simple, loss_a=float(la), loss_b=float(lb))
     return ds
 
@@ -188,5 +228,5 @@ def _endpoint(obj, t, loss, where, theta, repair, bufs):
     hit = np.nonzero(t == where)[0]
     if hit.size:
         return float(loss[hit[0]])
-    b = repaired_buffers(obj, theta, repair) if repair is not None else bufs
+    b = reset_buffers(obj, theta, repair) if repair is not None else bufs
     return float(obj.evaluate(theta, buffers=b, finite=False)[0])
