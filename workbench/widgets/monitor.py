@@ -59,6 +59,7 @@ class Dashboard(Explorer):
         self.steps = 0
         self._seen: tuple | None = None
         self._lock = threading.Lock()
+        self._drawing = threading.Lock()  # the polling thread and a control change never draw at once
         self.metric = W.Dropdown(options=list(METRICS), value=METRICS[0], description="statistic")
         self.layer = W.Dropdown(options=[ALL], value=ALL, description="layer")
         self.norm = W.Dropdown(options=list(mplots.NORMS), value="update_ratio", description="norm")
@@ -103,6 +104,10 @@ class Dashboard(Explorer):
             ds = self.ds
         if ds is None:
             return
+        with self._drawing:
+            self._draw(ds)
+
+    def _draw(self, ds) -> None:
         layers = mplots.head_labels(ds)
         if list(self.layer.options) != [ALL, *layers]:
             keep = self.layer.value if self.layer.value in layers else ALL
