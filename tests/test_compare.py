@@ -334,3 +334,55 @@ def test_neural_collapse_probe_over_checkpoints():
     assert float(ds.nc4.sel(checkpoint="late")) == pytest.approx(
         cmp.collapse_metrics(h, y.numpy(), predictions=pred)["nc4"]
     )
+
+
+# -- front ends ----------------------------------------------------------------------------------------------
+
+
+def test_compare_explorer_redraws_on_each_control():
+    from workbench.widgets.compare import CompareExplorer
+
+    a, _, (x, y) = tiny_classifier(40, seed=0)
+    b, _, _ = tiny_classifier(40, seed=1)
+    ex = CompareExplorer(a, b, (x, y), n_resamples=10, background=False)
+    assert ex.last_error is None and len(ex.cka_fig.data) == 1 and len(ex.rel_fig.data) == 4
+    assert float(ex.heatmap.sel(layer_a="0", layer_b="0")) == pytest.approx(
+        cmp.linear_cka(a[0](x).detach(), b[0](x).detach()), rel=1e-8
+    )
+    ex.measure.value = "procrustes"
+    assert ex.cka_fig.layout.title.text == "orthogonal Procrustes distance between layers"
+    ex.n_bins.value = 4
+    assert ex.rel_fig.layout.title.text == "reliability (none scaling, 4 equal-width bins)"
+    assert len(ex.rel_fig.data[0].y) == 4
+    ex.kind.value = "js"
+    assert ex.div_fig.layout.title.text.startswith("Jensen-Shannon divergence (a vs b): mean ")
+    assert ex.last_error is None
+
+
+def test_compare_report_on_the_zoo(tmp_path, zoo_built):
+    import re
+
+    import workbench as wb
+    from workbench import reports
+
+    params = dict(runs=["sgd-small", "sam"], seeds=[0, 1], n_resamples=20)
+    r = reports.run_report("compare", params, tmp_path)
+    html = open(r["html"], encoding="utf-8").read()
+    assert not re.search(r"""<(script|link|img|iframe)[^>]+(src|href)=["']https?://""", html)
+    assert html.count('class="plotly-graph-div"') >= 3 and "Traceback" not in html and "results: " in html
+    ds = wb.load(r["nc"])
+    assert (
+        ds.attrs["report"] == "compare" and sorted(ds.group.values.tolist()) == ["mlp-sam"] * 2 + ["mlp-sgd-small"] * 2
+    )
+    # the stored numbers are the probes' numbers
+    x, y = zoo_built.data("test")
+    m = zoo_built.load("mlp-sam-s1")
+    cal = cmp.calibration(m, (x, y), temperature=True, n_resamples=20, progress=False)
+    assert float(ds.calibration.sel(run="mlp-sam-s1", metric="ece")) == float(
+        cal.estimate.sel(scaling="none", metric="ece")
+    )
+    assert float(ds.temperature.sel(run="mlp-sam-s1")) == cal.attrs["temperature"]
+    h = cmp.cka_heatmap(zoo_built.load("mlp-sam-s0"), m, x, ["head"], n_resamples=20, progress=False)
+    sel = (ds.seed_group == "mlp-sam") & (ds.layer == "head")
+    assert ds.cka_between_seeds.where(sel, drop=True).item() == pytest.approx(h.item(), rel=1e-12)
+    assert bool((ds.calibration_low <= ds.calibration).all() and (ds.calibration <= ds.calibration_high).all())
