@@ -29,6 +29,7 @@ RESTORE = "workbench.state:restore"  # the state guard putting the model back
 MODEL_ONLY = {
     "landscape.pca_directions": "torch.linalg:eigh",
     "attention.qk_spectral_norms": "torch.linalg:matrix_norm",
+    "weightspace.weight_spectra": "torch.linalg:svdvals",
 }
 #: the torch.func engines: the landscape's vmap over grid points (the HVP uses torch.func by default)
 EXTRA = {"landscape.slice_1d": dict(engine="vmap"), "landscape.slice_2d": dict(engine="vmap")}

@@ -86,7 +86,7 @@ def test_statistics_equal_their_formulas():
         mon.step(m, t, loss=loss, optimizer=opt)
         assert all(torch.equal(p.grad, g) for p, g in zip(m.parameters(), grads_before))  # .grad untouched
         assert m.training and torch.is_grad_enabled()
-        row = mon.rows[-1]
+        row = mon.dataset().sel(step=t)
         grads = [p.grad for p in m.parameters()]
         # layers "0" and "3": weight and bias of each Linear
         g0 = math.sqrt(float(grads[0].pow(2).sum() + grads[1].pow(2).sum()))
@@ -211,7 +211,7 @@ def test_attention_statistics_and_entropy_collapse_alarm_on_a_transformer():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AlarmWarning)
         mon.step(model, 0)
-    row = mon.rows[-1]
+    row = mon.dataset().sel(step=0)
     ref = wb.attention.attention_stats(model, x, src_key_padding_mask=mask, progress=False)
     np.testing.assert_allclose(row.attn_entropy.values, ref.entropy.values, rtol=1e-12)
     assert row.attn_entropy.dims == ("attn_layer", "head")

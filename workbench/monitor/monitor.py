@@ -14,7 +14,7 @@ from .. import tasks
 from ..attention import attention_stats
 from ..data import as_data, to_device
 from ..results import provenance
-from ..results.store import StepStore, combine_rows, read_store
+from ..results.store import StepStore, combine_rows, make_row, read_store, rows_to_dataset
 from ..state import preserve
 from ..tail import isolated_rng
 from .alarms import Alarm, Alarms
@@ -75,7 +75,7 @@ class Monitor:
         mode: str = "eval",
         seed: int = 0,
         n_iter: int = 8,
-        flush_every: int = 100,
+        flush_every: int = 1000,
         forward_kwargs: dict | None = None,
     ):
         self.probes = self._check_probes(probes, probe_data)
@@ -96,7 +96,7 @@ class Monitor:
             "monitor.Monitor", {"probes": list(self.probes), "schedule": {k: repr(v) for k, v in self.schedule.items()}}
         )
         self.store = None if store is None else StepStore(store, attrs=attrs)
-        self.rows: list[xr.Dataset] = []
+        self.rows: list[dict] = []  # the rows of this run (see workbench.results.store.make_row)
         self.raised: list[Alarm] = []
         self.init = self.previous = self.logp = None
         self.previous_step = None
@@ -226,29 +226,30 @@ class Monitor:
                 stats[f"attn_{k}"] = ds[k].values
         stats["heads"] = [f"{layer} head {h}" for layer in ds["layer"].values for h in ds["head"].values]
 
-    def _row(self, model, step, stats) -> xr.Dataset:
-        data = {}
+    def _row(self, model, step, stats) -> dict:
+        data, coords = {}, {}
         for k, v in stats.items():
             if k in ("weight_norm", "grad_norm", "update_ratio"):
-                data[k] = ("layer", v)
+                data[k] = (("layer",), v)
+                coords["layer"] = self._layers(model)
             elif k == "attention":
-                ds = v.rename(layer="attn_layer")
+                coords["attn_layer"], coords["head"] = v["layer"].values, v["head"].values
                 for name in ("entropy", "normalized_entropy", "max_logit", "sink_mass"):
-                    if name in ds:
-                        data[f"attn_{name}"] = ds[name].drop_vars(
-                            [c for c in ds[name].coords if c not in ds[name].dims]
-                        )
+                    if name in v:
+                        data[f"attn_{name}"] = (("attn_layer", "head"), v[name].values)
             elif not k.startswith("attn_") and k not in ("heads", "grad_finite"):
                 data[k] = ((), v)
-        coords = {"step": step}
-        if "weight_norm" in stats:
-            coords["layer"] = layer_names(model)
-        return xr.Dataset(data, coords=coords)
+        return make_row(step, data, coords)
+
+    def _layers(self, model) -> list[str]:
+        if getattr(self, "_layer_names", None) is None:
+            self._layer_names = layer_names(model)
+        return self._layer_names
 
     def record(self, step: int, **values: float) -> None:
         """Add scalar ``values`` to the row of ``step`` (e.g. a trainer's logged loss, known only after the step's
         callbacks ran); rows of one step are combined when read, the latest non-NaN value of each variable kept."""
-        row = xr.Dataset({k: ((), float(v)) for k, v in values.items() if v is not None}, coords={"step": int(step)})
+        row = make_row(step, {k: ((), float(v)) for k, v in values.items() if v is not None})
         self.rows.append(row)
         if self.store is not None:
             self.store.log(row)
@@ -257,7 +258,7 @@ class Monitor:
         """Everything recorded: the store read back (with what earlier runs into it wrote), else the rows kept."""
         if self.store is not None:
             return read_store(self.store.path)
-        return combine_rows(self.rows) if self.rows else xr.Dataset()
+        return combine_rows([rows_to_dataset(self.rows)]) if self.rows else xr.Dataset()
 
     def close(self) -> None:
         """Write what is buffered as a segment (the journal already holds it against a crash)."""

@@ -28,7 +28,7 @@ import xarray as xr
 from . import load, save
 from .files import DamagedFileError, atomic_write, clean_stale_temps
 
-__all__ = ["StepStore", "is_store", "read_store", "combine_rows", "to_zarr", "MARKER"]
+__all__ = ["StepStore", "is_store", "read_store", "combine_rows", "make_row", "rows_to_dataset", "to_zarr", "MARKER"]
 
 MARKER = "workbench-store.json"
 JOURNAL = "journal.jsonl"
@@ -74,7 +74,7 @@ class StepStore:
         self.attrs = meta["attrs"]
         self.seq = 1 + max((int(p.stem[4:]) for p in self.path.glob("seg-*.nc")), default=-1)
         self.journal = self.path / JOURNAL
-        self.rows: list[xr.Dataset] = []
+        self.rows: list[dict] = []
         self.events: list[dict] = []
         rows, events = read_journal(self.journal)  # a killed run's last rows: into a segment before going on
         if rows or events:
@@ -82,12 +82,14 @@ class StepStore:
         self.journal.unlink(missing_ok=True)
         self._fd = None
 
-    def log(self, row: xr.Dataset | None = None, event: dict | None = None) -> None:
-        """Append one row (a Dataset with a scalar ``step`` coord) and/or one event to the journal, and keep
-        them for the next :meth:`flush`."""
+    def log(self, row: dict | xr.Dataset | None = None, event: dict | None = None) -> None:
+        """Append one row and/or one event to the journal, and keep them for the next :meth:`flush`. A row is
+        ``{"step": int, "data": {name: (dims, value)}, "coords": {dim: labels}}`` (:func:`make_row`; plain
+        Python and numpy values, no xarray object per step: microseconds) or a Dataset with a scalar ``step``."""
         rec = {}
         if row is not None:
-            rec["row"] = row.to_dict(data="list")
+            row = as_row(row)
+            rec["row"] = row
             self.rows.append(row)
         if event is not None:
             rec["event"] = {k: _plain(v) for k, v in event.items()}
@@ -111,13 +113,13 @@ class StepStore:
             self._fd = None
         self.journal.unlink(missing_ok=True)
 
-    def append(self, rows: list[xr.Dataset], events: list[dict] | None = None) -> Path | None:
-        """Write ``rows`` (each with a scalar ``step`` coord) and ``events`` (dicts of scalars) as one segment."""
+    def append(self, rows: list, events: list[dict] | None = None) -> Path | None:
+        """Write ``rows`` (see :meth:`log`) and ``events`` (dicts of scalars) as one segment."""
         if not rows and not events:
             return None
         parts = []
         if rows:
-            parts.append(_stack(rows))
+            parts.append(rows_to_dataset([as_row(r) for r in rows]))
         if events:
             parts.append(_events(events))
         ds = xr.merge(parts, combine_attrs="drop_conflicts")
@@ -151,7 +153,7 @@ def read_store(path) -> xr.Dataset:
         if STEP in rest.dims:
             rows.append(rest)
     jrows, jevents = read_journal(path / JOURNAL)
-    rows += [_stack(jrows)] if jrows else []
+    rows += [rows_to_dataset(jrows)] if jrows else []
     events += [_events(jevents)] if jevents else []
     out = xr.Dataset()
     if rows:
@@ -176,7 +178,47 @@ def _events(events: list[dict]) -> xr.Dataset:
     return xr.Dataset({f"{EVENT}_{k}": (EVENT, np.array([_plain(e.get(k, "")) for e in events])) for k in keys})
 
 
-def read_journal(path) -> tuple[list[xr.Dataset], list[dict]]:
+def make_row(step: int, data: dict, coords: dict | None = None) -> dict:
+    """A row: ``data`` maps names to ``(dims, value)`` (a scalar: ``((), 1.5)``), ``coords`` the labels of dims."""
+    out = {}
+    for k, (dims, v) in data.items():
+        v = np.asarray(v)
+        out[k] = [list(dims), v.tolist() if v.ndim else v.item()]
+    labels = {d: np.asarray(c).tolist() for d, c in (coords or {}).items()}
+    return {"step": int(step), "data": out, "coords": labels}
+
+
+def as_row(row) -> dict:
+    """``row`` as a row dict (a Dataset with a scalar ``step`` coord is converted)."""
+    if isinstance(row, dict):
+        return row
+    data = {k: (v.dims, v.values) for k, v in row.data_vars.items()}
+    return make_row(int(row[STEP]), data, {d: row[d].values for d in row.dims if d in row.coords})
+
+
+def rows_to_dataset(rows: list[dict]) -> xr.Dataset:
+    """Rows along ``step``: one array per variable, NaN in the rows that lack it (built at flush and read time)."""
+    names = list(dict.fromkeys(k for r in rows for k in r["data"]))
+    coords: dict = {}
+    for r in rows:
+        for d, c in r["coords"].items():
+            coords.setdefault(d, c)
+    out = {}
+    for k in names:
+        first = next(r["data"][k] for r in rows if k in r["data"])
+        dims, shape = tuple(first[0]), np.shape(first[1])
+        kind = np.asarray(first[1]).dtype
+        arr = np.full(
+            (len(rows), *shape), np.nan if kind.kind in "biuf" else "", dtype=float if kind.kind in "biuf" else object
+        )
+        for i, r in enumerate(rows):
+            if k in r["data"]:
+                arr[i] = r["data"][k][1]
+        out[k] = ((STEP, *dims), arr)
+    return xr.Dataset(out, coords={STEP: [r["step"] for r in rows], **coords})
+
+
+def read_journal(path) -> tuple[list[dict], list[dict]]:
     """The rows and events of a journal (a torn last line, from a killed writer, is skipped)."""
     rows, events = [], []
     try:
@@ -189,7 +231,7 @@ def read_journal(path) -> tuple[list[xr.Dataset], list[dict]]:
         except json.JSONDecodeError:
             continue
         if "row" in rec:
-            rows.append(xr.Dataset.from_dict(rec["row"]))
+            rows.append(rec["row"])
         if "event" in rec:
             events.append(rec["event"])
     return rows, events
