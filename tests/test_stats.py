@@ -50,7 +50,7 @@ def test_kendall_tau_intervals_cover_the_population_tau_of_a_gaussian_pair():
     hits = 0
     for rep in range(200):
         z = np.random.default_rng(rep).multivariate_normal([0, 0], [[1, 0.5], [0.5, 1]], size=20)
-        est, lo, hi = interval(kendall_tau, z[:, 0], z[:, 1], seed=rep, bounds=(-1, 1))
+        est, lo, hi = interval(kendall_tau, z[:, 0], z[:, 1], seed=rep, bounds=(-1, 1), centre="none")
         hits += lo <= truth <= hi
         assert lo <= est <= hi and -1 <= lo and hi <= 1
     assert 0.90 <= hits / 200 <= 0.99
@@ -94,6 +94,8 @@ def test_bad_arguments_are_named():
         interval(np.mean, x, rate=1.0)
     with pytest.raises(ValueError, match="groups"):
         interval(np.mean, x, groups=[0, 1])
+    with pytest.raises(ValueError, match="centre"):
+        interval(np.mean, x, centre="mean")
     with pytest.raises(ValueError, match="bounds"):
         interval(np.mean, x, bounds=(1, -1))
     with pytest.raises(ValueError, match="at least 3"):

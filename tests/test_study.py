@@ -71,14 +71,14 @@ def test_table_shape_and_planted_and_random_measures(tiny):
     p = res.sel(measure="lambda_max")
     assert [float(p.tau), float(p.tau_low), float(p.tau_high)] == pytest.approx([1.0, 1.0, 1.0], abs=1e-12)
     assert [float(p.Psi), float(p.worst), float(p.cmi)] == pytest.approx([1.0, 1.0, 1.0], abs=1e-12)
-    # 40 random measures: tau ~ 0 on average and each interval holds 0 at least ~nominally
+    # 100 random measures: tau ~ 0 on average and their intervals hold 0 near the nominal rate (8 runs: ~90 %)
     rng = np.random.default_rng(0)
-    rand = tiny.isel(measure=[0] * 40).assign_coords(measure=[f"r{i}" for i in range(40)])
-    rand["value"] = (("run", "measure"), rng.normal(size=(tiny.sizes["run"], 40)))
+    rand = tiny.isel(measure=[0] * 100).assign_coords(measure=[f"r{i}" for i in range(100)])
+    rand["value"] = (("run", "measure"), rng.normal(size=(tiny.sizes["run"], 100)))
     r = study.correlate(rand, n_resamples=50)
     assert abs(float(r.tau.mean())) < 0.1
     holds = ((r.tau_low <= 0) & (r.tau_high >= 0)).mean()
-    assert float(holds) >= 0.85
+    assert float(holds) >= 0.85, float(holds)
     assert ((r.tau_low <= r.tau) & (r.tau <= r.tau_high)).all()
 
 

@@ -104,7 +104,8 @@ def correlate(
     Returns a Dataset over ``measure`` (and ``axis``): ``tau`` (Kendall over all runs), ``psi`` (per axis),
     ``Psi`` (their mean, Jiang et al.'s granulated coefficient), ``worst`` (the lowest ``psi`` after the
     expected sign is applied: the worst axis), each with ``_low`` / ``_high`` (``level`` intervals by
-    subsampling runs without replacement, ``n_resamples`` from ``seed``), ``n_groups`` and ``cmi`` /
+    subsampling runs without replacement, ``n_resamples`` from ``seed``, not median-centred: tau is a
+    U-statistic, its subsample average is the full-sample tau), ``n_groups`` and ``cmi`` /
     ``cmi_set`` (:func:`conditional_mi`).
 
     >>> from workbench.study import build_zoo, measure_zoo
@@ -121,7 +122,7 @@ def correlate(
     fac = {k: sel[k].values for k in factors_of(sel)}
     idx = np.arange(g.size)
     groups = [_groups(fac, a) for a in fac]
-    kw = dict(n_resamples=n_resamples, level=level, seed=seed, bounds=(-1.0, 1.0))
+    kw = dict(n_resamples=n_resamples, level=level, seed=seed, bounds=(-1.0, 1.0), centre="none")
     out: dict[str, list] = {k: [] for k in ("tau", "tau_low", "tau_high", "Psi", "Psi_low", "Psi_high")}
     out.update({k: [] for k in ("psi", "psi_low", "psi_high", "n_groups", "worst", "cmi", "cmi_set")})
     for m in sel.measure.values:
