@@ -101,11 +101,13 @@ def connectivity(
 ) -> xr.Dataset:
     """Loss and accuracy along the linear path from model A to model B, before and after aligning B to A.
 
-    Returns a Dataset over ``(method, t)`` with ``loss`` and ``accuracy``, and per method ``barrier``,
+    Returns a Dataset over ``(path, t)`` with ``loss`` and ``accuracy``, and per path ``barrier``,
     ``barrier_frankle``, ``error_barrier_frankle`` (module docstring), ``loss_a`` and ``loss_b`` (the path's
     endpoints) and ``n_identity`` (permutation groups alignment left unchanged). ``coords``: the t values
     (default ``linspace(0, 1, steps)``; 0 and 1 are always included). ``methods``: from :data:`LMC_METHODS`
-    (any of ``"none"``, ``"weight"``, ``"activation"``, each optionally ``"+repair"`` or ``"+reset"``).
+    (any of ``"none"``, ``"weight"``, ``"activation"``, each optionally ``"+repair"`` or ``"+reset"``), one
+    path each: the coordinate ``path`` holds their names (not ``method``, which ``Dataset.sel`` takes as a
+    keyword of its own).
     ``repair_data``: the data REPAIR, RESET and activation matching read (default ``data``). ``seed``: weight
     matching's order of groups.
 
@@ -114,8 +116,8 @@ def connectivity(
     >>> b = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
     >>> r = wb.weightspace.connectivity(a, b, torch.nn.CrossEntropyLoss(), data, steps=3, progress=False)
-    >>> r.loss.dims, r.method.values.tolist()
-    (('method', 't'), ['none', 'weight', 'activation', 'weight+repair', 'weight+reset'])
+    >>> r.loss.dims, r.path.values.tolist()
+    (('path', 't'), ['none', 'weight', 'activation', 'weight+repair', 'weight+reset'])
     """
     plan = _methods(methods)
     t = np.linspace(0.0, 1.0, count("steps", steps, lo=2)) if coords is None else finite_array("coords", coords)
@@ -156,16 +158,16 @@ def connectivity(
     per = [barriers(t, loss[i], acc[i]) for i in range(len(plan))]
     ds = xr.Dataset(
         {
-            "loss": (("method", "t"), loss, {"long_name": "mean loss", "units": "nats"}),
-            "accuracy": (("method", "t"), acc, {"long_name": "top-1 accuracy", "units": "1"}),
-            "loss_a": ("method", loss[:, 0], {"long_name": "loss at t = 0"}),
-            "loss_b": ("method", loss[:, -1], {"long_name": "loss at t = 1"}),
-            "n_identity": ("method", [n_id[p[1]] for p in plan], {"long_name": "groups left unpermuted"}),
+            "loss": (("path", "t"), loss, {"long_name": "mean loss", "units": "nats"}),
+            "accuracy": (("path", "t"), acc, {"long_name": "top-1 accuracy", "units": "1"}),
+            "loss_a": ("path", loss[:, 0], {"long_name": "loss at t = 0"}),
+            "loss_b": ("path", loss[:, -1], {"long_name": "loss at t = 1"}),
+            "n_identity": ("path", [n_id[p[1]] for p in plan], {"long_name": "groups left unpermuted"}),
         },
-        coords={"method": names, "t": ("t", t, {"long_name": "interpolation coefficient t", "units": "1"})},
+        coords={"path": names, "t": ("t", t, {"long_name": "interpolation coefficient t", "units": "1"})},
     )
     for k in per[0]:
-        ds[k] = ("method", [p[k] for p in per], {"long_name": k.replace("_", " ")})
+        ds[k] = ("path", [p[k] for p in per], {"long_name": k.replace("_", " ")})
     return ds
 
 
