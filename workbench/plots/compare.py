@@ -45,6 +45,7 @@ def similarity_heatmap(h: xr.DataArray, title: str | None = None) -> go.Figure:
         title=title or f"{name} between layers",
         xaxis_title="layer of model b",
         yaxis_title="layer of model a",
+        yaxis_autorange="reversed",  # the first layers top left: the diagonal runs down
         template="plotly_white",
     )
     return fig
