@@ -25,7 +25,7 @@ from numpy.typing import ArrayLike
 
 from ..config import threads
 from ..results import provenance
-from ..validate import finite_array, positive
+from ..validate import positive
 from .reproduce_gd import edge_of_stability, mse_onehot, width_sharpness
 from .reproduce_models import TinyLM, lm_loss, topic_sequences, z_loss
 from .reproduce_runs import first_alarm, monitored_run, preset_config
@@ -44,11 +44,11 @@ __all__ = [
 
 PRESETS = {
     "attention_instability": {
-        "tiny": dict(steps=90, every=5, seeds=(0, 1), stable_lr=3e-3, unstable_lr=0.3, warmup=50, d=32, n_probe=64),
+        "tiny": dict(steps=90, every=5, seeds=(0, 1), stable_lr=3e-3, unstable_lr=0.3, warmup=50, d=32),
         "default": dict(steps=300, every=5, seeds=(0, 1, 2), stable_lr=3e-3, unstable_lr=0.3, warmup=50, d=32),
     },
     "lr_sensitivity": {
-        "tiny": dict(steps=50, widths=(8, 16, 32), lrs=(3e-3, 3e-2, 0.3), seeds=(0,), warmup=10, batch=32),
+        "tiny": dict(steps=40, widths=(8, 16, 32), lrs=(3e-3, 3e-2, 0.3), seeds=(0,), warmup=10, batch=32),
         "default": dict(
             steps=300, widths=(16, 32, 64), lrs=tuple(np.geomspace(3e-4, 1.0, 8).round(5)), seeds=(0, 1, 2), warmup=50
         ),
@@ -80,7 +80,9 @@ def spike_step(steps: ArrayLike, loss: ArrayLike, margin: float = SPIKE) -> floa
     >>> spike_step([0, 1, 2, 3], [2.0, 1.0, 1.05, 1.4])
     3.0
     """
-    loss = finite_array("loss", np.nan_to_num(np.asarray(loss, float), nan=np.inf, posinf=np.inf))
+    loss = np.asarray(loss, float)
+    if loss.ndim != 1 or loss.size == 0:
+        raise ValueError(f"loss: expected a 1-D array of losses, one per step, got shape {loss.shape}")
     margin = positive("margin", margin)
     run_min = np.minimum.accumulate(np.where(np.isfinite(loss), loss, np.inf))
     return first_step(steps, ~(loss <= run_min + margin))
@@ -140,7 +142,9 @@ def _lm_run(cfg, seed, lr, *, qk_norm=False, sigma_reparam=False, z_weight=0.0, 
         for s in range(cfg["steps"]):
             step_fn(s)
         return l0, probe_loss(model)
-    r = monitored_run(model, opt, step_fn, cfg["steps"], every, lm_loss, (xp, yp), ("loss", "attention", "logits"),
+    n_attn = cfg.get("n_attention", 32)  # the monitor's probe batch; the probe loss uses all n_probe sequences
+    r = monitored_run(model, opt, step_fn, cfg["steps"], every, lm_loss, (xp[:n_attn], yp[:n_attn]),
+                      ("loss", "attention", "logits"),
                       extra=lambda m: {"probe_loss": probe_loss(m)}, store=store)  # fmt: skip
     ds = r["monitor"]
     r["entropy"] = ds.attn_normalized_entropy.mean(("attn_layer", "head")).values

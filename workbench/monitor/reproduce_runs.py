@@ -19,7 +19,7 @@ from .schedules import every as every_n
 from .schedules import never
 
 #: settings every reproduction accepts besides its preset's
-COMMON = ("n_train", "n_probe", "length", "heads", "depth", "batch", "n")
+COMMON = ("n_train", "n_probe", "n_attention", "length", "heads", "depth", "batch", "n")
 
 
 def preset_config(presets: Mapping[str, dict], preset: str, overrides: dict) -> dict:

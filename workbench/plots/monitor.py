@@ -126,7 +126,10 @@ def entropy_heatmap(
         return _empty(fig, f"no {variable} recorded (the attention probe)")
     da = ds[variable]
     if layer is not None:
-        da = da.sel(attn_layer=layer) if isinstance(layer, str) else da.isel(attn_layer=int(layer))
+        labels = head_labels(ds)
+        if isinstance(layer, str) and layer not in labels:
+            raise ValueError(f"layer: {layer!r} is not an attention layer of this store; expected one of {labels}")
+        da = da.isel(attn_layer=labels.index(layer) if isinstance(layer, str) else int(layer))
         da = da.expand_dims(attn_layer=[where[2:]])
     da = da.dropna("step", how="all")
     z = da.transpose("attn_layer", "head", "step").values.reshape(-1, da.sizes["step"])

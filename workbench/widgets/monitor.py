@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import threading
+import time
 from pathlib import Path
 
 import ipywidgets as W
@@ -84,6 +85,11 @@ class Dashboard(Explorer):
         if sig == self._seen and not force:
             return False
         ds = read_store(self.path)
+        for _ in range(5):  # a read racing the writer's flush can miss its last rows for a moment: read again
+            if ds.sizes.get("step", 0) >= self.steps:
+                break
+            time.sleep(0.02)
+            ds = read_store(self.path)
         with self._lock:
             self.ds, self._seen = ds, sig
             self.steps = int(ds.sizes.get("step", 0))
