@@ -102,7 +102,8 @@ def cka_heatmap(
     ``layers_b`` default: the same names (seeds of one architecture; name them for another one).
     ``measure``: one of :data:`MEASURES` (CKA: 1 = same up to rotation and scale; ``procrustes``: a
     distance, 0 = same). ``minibatch`` accumulates the unbiased HSIC batch by batch (Nguyen et al. 2021;
-    batches of at least 4 examples), the others use all examples at once.
+    batches of at least 4 examples; its interval needs at least 3 batches, else NaN), the others use all
+    examples at once.
 
     >>> from workbench.testing import tiny_classifier
     >>> m, _, (x, _) = tiny_classifier(30)

@@ -32,6 +32,11 @@ __all__ = ["check_logits", "fit_temperature", "temperature_scaling", "calibratio
 
 
 def check_logits(logits: Any, name: str = "logits") -> np.ndarray:
+    """``logits`` as a finite float64 (N, C >= 2) array; errors name ``name``.
+
+    >>> check_logits([[1, 2]]).dtype
+    dtype('float64')
+    """
     if hasattr(logits, "detach"):
         logits = logits.detach().cpu().double().numpy()
     if isinstance(logits, (str, bytes)) or logits is None:
