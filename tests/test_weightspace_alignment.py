@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import xarray as xr
 from torch import nn
 
 import workbench.weightspace as ws
@@ -325,3 +326,53 @@ def test_landscape_bn_repair_is_reset_and_deprecated():
     assert abs(ref - float(new.loss[0])) < 1e-5
     with pytest.raises(TypeError, match="bn_repair"):
         interpolate(a, b, nn.CrossEntropyLoss(), data, bn_reset=True, bn_repair=True, progress=False)
+
+
+def test_plots_and_explorer_draw_the_results(zoo_built):
+    from workbench.plots import weightspace as wplots
+    from workbench.widgets.weightspace import WeightspaceExplorer
+
+    x, _ = zoo_built.data("train")
+    xt, yt = zoo_built.data("test")
+    a, b = zoo_built.load("mlp-sgd-small-s0"), zoo_built.load("mlp-sgd-small-s1")
+    lf = nn.CrossEntropyLoss()
+    ex = WeightspaceExplorer(a, b, lf, (xt[:150], yt[:150]), repair_data=x[:200], steps=3,
+                             methods=("none", "weight"), background=False)  # fmt: skip
+    assert ex.last_error is None, ex.last_error
+    r = ex.result
+    assert list(ex.paths.data[1].y) == pytest.approx(r.loss.sel(path="weight").values.tolist())
+    assert list(ex.barriers.data[0].y) == pytest.approx(r.barrier.values.tolist())
+    assert ex.spectra_fig.data[0].name == "model A" and len(ex.spectra_fig.data[0].y) == 3  # per-layer alpha
+    assert ex.paths.layout.title.text.startswith("loss")
+    ex.metric.value = "accuracy"  # redraws only: same result object, new title and values
+    assert ex.paths.layout.title.text.startswith("accuracy") and ex.result is r
+    assert list(ex.paths.data[0].y) == pytest.approx(r.accuracy.sel(path="none").values.tolist())
+    ex.spectrum.value = "stable_rank"
+    assert list(ex.spectra_fig.data[1].y) == pytest.approx(ex.spectra["model B"].stable_rank.values.tolist())
+    both = xr.concat([r, r], "pair").assign_coords(pair=["p", "q"])
+    fig = wplots.lmc_barriers(both)
+    assert fig.data[0].y.tolist() == pytest.approx(r.barrier.values.tolist())
+    assert fig.data[0].error_y.array.tolist() == pytest.approx([0.0, 0.0])
+    with pytest.raises(ValueError, match="connectivity"):
+        wplots.lmc_paths(xr.Dataset({"x": ("t", [1.0])}))
+
+
+def test_report_writes_barriers_with_spread(tmp_path, zoo_built):
+    import json
+
+    import workbench as wb
+    from workbench import reports
+
+    small = dict(steps=3, n_samples=150, n_repair=200, methods=["none", "weight"])
+    r = reports.run_report("weightspace", small, tmp_path)
+    html = open(r["html"], encoding="utf-8").read()
+    assert html.count('class="plotly-graph-div"') >= 4 and "Traceback" not in html and "results: " in html
+    ds = wb.load(r["nc"])
+    assert ds.attrs["report"] == "weightspace" and ds.barrier.dims == ("pair", "path")
+    assert ds.sizes["pair"] == 3 and (ds.barrier.sel(path="weight") < ds.barrier.sel(path="none")).all()
+    assert json.loads(ds.attrs["report_params"]) == reports.effective_params("weightspace", small)
+    # the stored number is the probe's number
+    xt, yt = zoo_built.data("test")
+    one = ws.connectivity(zoo_built.load("mlp-sgd-small-s0"), zoo_built.load("mlp-sgd-small-s1"), nn.CrossEntropyLoss(),
+                          (xt[:150], yt[:150]), steps=3, methods=["none"], progress=False)  # fmt: skip
+    assert float(ds.barrier.sel(pair="s0-s1", path="none")) == float(one.barrier.sel(path="none"))
