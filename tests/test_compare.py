@@ -98,6 +98,7 @@ def test_cross_covariance_streams_exactly():
     for a, b in [(0, 7), (7, 30), (30, 50)]:
         acc.update(X[a:b], Y[a:b])
     assert acc.linear_cka() == pytest.approx(cmp.linear_cka(X, Y), rel=1e-10)
+    assert acc.debiased_cka() == pytest.approx(cmp.cka(X, Y, debiased=True), rel=1e-9)
     assert acc.procrustes() == pytest.approx(cmp.procrustes(X, Y), rel=1e-10)
     assert cmp.svcca(acc) == pytest.approx(cmp.svcca(X, Y), rel=1e-10)
     # CCA by hand: singular values of the whitened cross-covariance

@@ -6,8 +6,8 @@ Plain functions on arrays (numpy or torch, float64, plain float results):
   :func:`cka` (linear / RBF kernel, ``debiased=True`` for the unbiased HSIC of Song et al. 2012),
   :func:`linear_cka`, :func:`rbf_cka`, :func:`hsic`, :class:`MinibatchCKA` (Nguyen et al. 2021: HSIC
   accumulated over batches), :func:`procrustes` (Ding et al. 2021), :func:`cca`, :func:`svcca` (Raghu et
-  al. 2017), :func:`pwcca` (Morcos et al. 2018); :class:`CrossCovariance` streams linear CKA, Procrustes
-  and the CCA family exactly over batches;
+  al. 2017), :func:`pwcca` (Morcos et al. 2018); :class:`CrossCovariance` streams linear CKA (plain and
+  debiased), Procrustes and the CCA family exactly over batches;
 * calibration of probabilities (:mod:`.calibration`): :func:`ece` (equal-width or equal-mass bins),
   :func:`mce`, :func:`ace`, :func:`classwise_ece`, :func:`nll`, :func:`brier`, :func:`reliability`,
   :func:`calibration_metrics` (all with intervals), :func:`fit_temperature` (Guo et al. 2017);

@@ -4,7 +4,9 @@
 batch by batch; the centred products ``Sxx = Xc'Xc`` etc. follow exactly, so every measure below is the
 full-data value whatever the batching:
 
-* linear CKA ``|Sxy|_F^2 / (|Sxx|_F |Syy|_F)`` (Kornblith et al. 2019);
+* linear CKA ``|Sxy|_F^2 / (|Sxx|_F |Syy|_F)`` (Kornblith et al. 2019), and the debiased linear CKA (the
+  unbiased HSIC of Song et al. 2012 in one pass: ``tr(K~L~)``, ``1'K~1`` and ``1'K~L~1`` of the linear kernels
+  follow from the sums above plus the row norms ``|x_i|^2``, ``|y_i|^2`` and their products with the rows);
 * the orthogonal Procrustes distance of Ding et al. (2021) on features centred and scaled to unit
   Frobenius norm, ``2 - 2 |Sxy|_* / sqrt(tr Sxx tr Syy)`` (0 for identical representations up to rotation
   and scale, at most 2);
@@ -41,23 +43,29 @@ class CrossCovariance:
 
     def __init__(self):
         self.n = 0
-        self._s: list | None = None  # [sum x, sum y, X'X, Y'Y, X'Y]
+        self._shift: tuple | None = None  # the first batch's means: sums of shifted rows keep their precision
+        self._s: dict | None = None
 
     def update(self, X: Any, Y: Any) -> CrossCovariance:
         """Add one batch (the same examples in the rows of ``X`` and ``Y``); returns self."""
         X, Y = features_array("X", X, 1), features_array("Y", Y, 1)
         if X.shape[0] != Y.shape[0]:
             raise ValueError(f"Y: has {Y.shape[0]} examples, X has {X.shape[0]}; rows must be the same examples")
-        parts = [X.sum(0), Y.sum(0), X.T @ X, Y.T @ Y, X.T @ Y]
-        if self._s is None:
-            self._s = parts
-        else:
-            if self._s[0].shape != parts[0].shape or self._s[1].shape != parts[1].shape:
-                raise ValueError(
-                    f"X: batch widths {X.shape[1]}, {Y.shape[1]} differ from the first batch's "
-                    f"{self._s[0].shape[0]}, {self._s[1].shape[0]}"
-                )
-            self._s = [a + b for a, b in zip(self._s, parts)]
+        if self._shift is None:
+            self._shift = (X.mean(0), Y.mean(0))
+        elif self._shift[0].shape[0] != X.shape[1] or self._shift[1].shape[0] != Y.shape[1]:
+            raise ValueError(
+                f"X: batch widths {X.shape[1]}, {Y.shape[1]} differ from the first batch's "
+                f"{self._shift[0].shape[0]}, {self._shift[1].shape[0]}"
+            )
+        X, Y = X - self._shift[0], Y - self._shift[1]
+        a, b = np.einsum("ij,ij->i", X, X), np.einsum("ij,ij->i", Y, Y)
+        parts = dict(
+            sx=X.sum(0), sy=Y.sum(0), xx=X.T @ X, yy=Y.T @ Y, xy=X.T @ Y,
+            a=a.sum(), b=b.sum(), aa=a @ a, bb=b @ b, ab=a @ b,
+            ax=a @ X, bx=b @ X, ay=a @ Y, by=b @ Y,
+        )  # fmt: skip
+        self._s = parts if self._s is None else {k: v + parts[k] for k, v in self._s.items()}
         self.n += X.shape[0]
         return self
 
@@ -65,9 +73,38 @@ class CrossCovariance:
         """``(Sxx, Syy, Sxy)``: the centred products ``Xc'Xc``, ``Yc'Yc``, ``Xc'Yc``."""
         if self._s is None or self.n < 2:
             raise ValueError("X: at least 2 examples are needed; update() with more data")
-        sx, sy, xx, yy, xy = self._s
-        mx, my = sx / self.n, sy / self.n
-        return xx - self.n * np.outer(mx, mx), yy - self.n * np.outer(my, my), xy - self.n * np.outer(mx, my)
+        s = self._s
+        mx, my = s["sx"] / self.n, s["sy"] / self.n
+        n = self.n
+        return s["xx"] - n * np.outer(mx, mx), s["yy"] - n * np.outer(my, my), s["xy"] - n * np.outer(mx, my)
+
+    def _hsic1(self, ZZ: str, sa: str, sb: str, za: str, zb: str, s1: str, s2: str, cross: str) -> float:
+        """The unbiased HSIC of the linear kernels (Song et al. 2012) from the accumulated sums."""
+        s, n = self._s, self.n
+        trace = float(np.sum(s[ZZ] ** 2)) - float(s[cross])
+        one_k = float(s[s1] @ s[s1]) - float(s[sa])
+        one_l = float(s[s2] @ s[s2]) - float(s[sb])
+        kl1 = float(s[s1] @ s[ZZ] @ s[s2]) - float(s[s1] @ s[zb]) - float(s[s2] @ s[za]) + float(s[cross])
+        return (trace + one_k * one_l / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * kl1) / (n * (n - 3))
+
+    def debiased_cka(self) -> float:
+        """Debiased linear CKA (the unbiased HSIC of Song et al. 2012) of everything accumulated, exactly as
+        :func:`workbench.compare.cka` ``(X, Y, debiased=True)`` on all rows at once (at least 4).
+
+        >>> rng = np.random.default_rng(0)
+        >>> X, Y = rng.normal(size=(40, 5)), rng.normal(size=(40, 3))
+        >>> acc = CrossCovariance().update(X[:13], Y[:13]).update(X[13:], Y[13:])
+        >>> from workbench.compare import cka
+        >>> bool(np.isclose(acc.debiased_cka(), cka(X, Y, debiased=True), rtol=1e-10))
+        True
+        """
+        if self._s is None or self.n < 4:
+            raise ValueError("X: the debiased CKA needs at least 4 examples; update() with more data")
+        kl = self._hsic1("xy", "a", "b", "ay", "bx", "sx", "sy", "ab")
+        kk = self._hsic1("xx", "a", "a", "ax", "ax", "sx", "sx", "aa")
+        ll = self._hsic1("yy", "b", "b", "by", "by", "sy", "sy", "bb")
+        den = kk * ll
+        return float(kl / math.sqrt(den)) if den > 0 else math.nan
 
     def linear_cka(self) -> float:
         """Linear CKA of everything accumulated."""

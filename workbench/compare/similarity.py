@@ -14,8 +14,8 @@ float64). Every measure here is a plain function returning a float.
   batch is *accumulated* (averaged over batches) for every pair, and the ratio is formed at the end;
   it is not the mean of per-batch CKAs.
 
-Linear CKA, Procrustes and the CCA family stream exactly over batches through :class:`CrossCovariance`
-(:mod:`workbench.compare.cca`).
+Linear CKA (plain and debiased), Procrustes and the CCA family stream exactly over batches through
+:class:`CrossCovariance` (:mod:`workbench.compare.cca`).
 """
 
 from __future__ import annotations
