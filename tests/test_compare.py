@@ -210,6 +210,15 @@ def test_calibration_probe_equals_the_plain_functions():
     assert ds.attrs["temperature"] == pytest.approx(cmp.fit_temperature(z, y), rel=1e-6)
     assert bool(((ds.low <= ds.estimate) & (ds.estimate <= ds.high)).all())
     assert int(ds.reliability_count.sel(scaling="none").sum()) == 80
+    # a held-out fit: the temperature of the held-out logits, the metrics on data
+    _, _, (x2, y2) = tiny_classifier(60, seed=5)
+    held = cmp.calibration(m, (x, y), temperature=(x2, y2), n_resamples=10, progress=False)
+    assert held.attrs["temperature"] == pytest.approx(cmp.fit_temperature(m(x2).detach().double(), y2), rel=1e-6)
+    assert held.attrs["fit"] == "held-out data"
+    t = held.attrs["temperature"]
+    assert float(held.estimate.sel(scaling="temperature", metric="nll")) == pytest.approx(
+        cmp.nll(softmax(z / t, axis=1), y), rel=1e-10
+    )
 
 
 # -- divergences ---------------------------------------------------------------------------------------------
@@ -331,6 +340,9 @@ def test_neural_collapse_probe_over_checkpoints():
     ref = cmp.collapse_metrics(h, y.numpy(), weight=m[2].weight.detach().numpy())
     for k in ("nc1", "nc2", "nc3"):
         assert float(ds[k].sel(checkpoint="late")) == pytest.approx(ref[k], rel=1e-8)
+    named = cmp.neural_collapse(m, (x, y), layer="1", progress=False)  # the Tanh's output: the same features
+    for k in cmp.NC_METRICS:
+        assert float(named[k].item()) == pytest.approx(float(ds[k].sel(checkpoint="late")), rel=1e-10)
     pred = m(x).argmax(1).numpy()
     assert float(ds.nc4.sel(checkpoint="late")) == pytest.approx(
         cmp.collapse_metrics(h, y.numpy(), predictions=pred)["nc4"]
