@@ -162,6 +162,25 @@ def test_planted_permutation_recovered_exactly(kind, method):
     assert perms.attrs["equivalence_error"] < 1e-5
 
 
+def test_zoo_vit_cls_token_and_shape_branches(zoo_built):
+    """The zoo's ViT: a cls token concatenated and a position embedding added (parameters read directly), heads
+    split by reshape, and a forward that branches on x.dim() (traced again with meta tensors)."""
+    a = zoo_built.load("vit-normal")
+    x, _ = zoo_built.data("train")
+    spec = ws.permutation_groups(a, x[:2])
+    stream = spec.groups["embed"]
+    assert {"cls", "pos", "embed.weight", "head.weight"} <= {e.name for e in stream.entries}
+    assert [e.axis for e in stream.entries if e.name in ("cls", "pos")] == [2, 2]
+    want = {f"blocks.{i}.attn.q.heads": [f"blocks.{i}.attn.q", f"blocks.{i}.attn.v"] for i in (0, 1)}
+    assert spec.head_groups == want
+    b, planted, heads = _plant(a, x[:64])
+    aligned, perms = ws.align(a, b, x[:64], method="activation", progress=False)
+    assert all(torch.equal(torch.as_tensor(perms[g].values), _inverse(p)) for g, p in planted.items())
+    assert all(torch.equal(torch.as_tensor(perms[g].values), _inverse(p)) for g, p in heads.items())
+    with torch.no_grad():
+        assert float((aligned(x[:64]) - b(x[:64])).abs().max()) < 1e-5
+
+
 def test_barrier_of_a_planted_pair_drops_to_zero():
     a, x = _model("mlp")
     b, _, _ = _plant(a, x)

@@ -72,7 +72,11 @@ def apply_rule(b, gm: fx.GraphModule, node: fx.Node, state: dict):
         t = _fetch(gm, node.target)
         if not isinstance(t, torch.Tensor):
             return None
-        return tuple(b.new(n, node.target, [(node.target, ax)]) if n > 1 else None for ax, n in enumerate(t.shape))
+        labels = tuple(b.new(n, node.target, [(node.target, ax)]) if n > 1 else None for ax, n in enumerate(t.shape))
+        for lab in labels:
+            if lab is not None:
+                b.spaces[lab[1]].from_param = True
+        return labels
     lab = {n: state.get(n) for n in _tensors(list(node.args) + list(node.kwargs.values()))}
     if node.op == "call_module":
         mod = gm.get_submodule(node.target)

@@ -150,13 +150,13 @@ def reduce(b, node, fn, l0, ins, outs):
 
 def cat(b, node, fn, lab, rank):
     seq = node.args[0]
-    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    along = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
     if fn == "stack":
-        d = dim(dim, rank)
+        d = dim(along, rank)
         per = [lab[t] for t in seq]
         rest = tuple(merge(b, [p[i] for p in per]) for i in range(rank - 1))
         return rest[:d] + (None,) + rest[d:]
-    d = dim(dim, rank)
+    d = dim(along, rank)
     per = [lab[t] for t in seq]
     if any(p[d] is not None for p in per):
         b.fail("concatenation along an axis that carries units")

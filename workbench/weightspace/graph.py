@@ -86,6 +86,7 @@ class _Space:
         self.heads: int | None = None
         self.hg: int | None = None
         self.pinned = False
+        self.from_param = False  # made for a parameter read directly (get_attr): a module's name is preferred
 
 
 class _Builder:
@@ -162,6 +163,8 @@ class _Builder:
         sa.entries += sb.entries
         sa.points += sb.points
         sa.pinned = sa.pinned or sb.pinned
+        if sa.from_param and not sb.from_param:
+            sa.name, sa.from_param = sb.name, False
         sa.heads = sa.heads if sa.heads is not None else sb.heads
         if sa.hg is not None and sb.hg is not None:
             sa.hg = self.hunion(sa.hg, sb.hg)

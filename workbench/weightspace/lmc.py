@@ -173,7 +173,7 @@ def connectivity(
 
 def _top(w: torch.Tensor, k: int):
     u, _, vh = torch.linalg.svd(w.detach().double().reshape(w.shape[0], -1), full_matrices=False)
-    return u[:, :k], vh[:k].T
+    return u[:, :k].cpu(), vh[:k].T.cpu()
 
 
 def _case_sc():
