@@ -28,14 +28,20 @@ def test_cka_is_one_for_identical_and_invariant_to_rotation_and_isotropic_scalin
     X = rng.normal(size=(60, 8)) @ rng.normal(size=(8, 8))
     Y = np.tanh(X @ rng.normal(size=(8, 5)))
     Q, R = _rot(8, 1), _rot(5, 2)
-    for f in (cmp.linear_cka, cmp.rbf_cka, lambda a, b: cmp.cka(a, b, debiased=True)):
+    for f in (
+        cmp.linear_cka,
+        cmp.rbf_cka,
+        lambda a, b: cmp.cka(a, b, debiased=True),
+        lambda a, b: cmp.linear_cka(a, b, debiased=True),
+    ):
         assert f(X, X) == pytest.approx(1.0, abs=1e-12)
         base = f(X, Y)
         assert 0.05 < base < 0.999
         assert f(3.7 * X @ Q, Y) == pytest.approx(base, abs=1e-10)
         assert f(X, 0.5 * Y @ R + 2.0) == pytest.approx(base, abs=1e-9)  # + a shift: centred away
-    # linear CKA in feature space equals the Gram-matrix form
+    # linear CKA in feature space equals the Gram-matrix form, plain and debiased
     assert cmp.linear_cka(X, Y) == pytest.approx(cmp.cka(X, Y, "linear"), abs=1e-12)
+    assert cmp.linear_cka(X, Y, debiased=True) == pytest.approx(cmp.cka(X, Y, "linear", debiased=True), abs=1e-10)
     # a non-orthogonal linear map changes CKA but not CCA; Procrustes is 0 up to rotation and scale
     A = rng.normal(size=(8, 8))
     assert cmp.linear_cka(X, X @ A) < 0.99

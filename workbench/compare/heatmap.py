@@ -28,7 +28,7 @@ __all__ = ["MEASURES", "similarity_layers", "cka_heatmap"]
 MEASURES = {
     "linear": (lambda X, Y, s: linear_cka(X, Y), "linear CKA"),
     "rbf": (lambda X, Y, s: cka(X, Y, "rbf", sigma=s), "RBF CKA"),
-    "debiased": (lambda X, Y, s: cka(X, Y, "linear", debiased=True), "debiased linear CKA"),
+    "debiased": (lambda X, Y, s: linear_cka(X, Y, debiased=True), "debiased linear CKA"),
     "debiased_rbf": (lambda X, Y, s: cka(X, Y, "rbf", sigma=s, debiased=True), "debiased RBF CKA"),
     "minibatch": (None, "minibatch linear CKA (Nguyen et al. 2021)"),
     "procrustes": (lambda X, Y, s: procrustes(X, Y), "orthogonal Procrustes distance"),
@@ -101,9 +101,10 @@ def cka_heatmap(
     example). ``layers_a`` default: every Linear and Conv module (:func:`similarity_layers`);
     ``layers_b`` default: the same names (seeds of one architecture; name them for another one).
     ``measure``: one of :data:`MEASURES` (CKA: 1 = same up to rotation and scale; ``procrustes``: a
-    distance, 0 = same). ``minibatch`` accumulates the unbiased HSIC batch by batch (Nguyen et al. 2021;
-    batches of at least 4 examples; its interval needs at least 3 batches, else NaN), the others use all
-    examples at once.
+    distance, 0 = same). Linear, debiased, Procrustes and the CCA family work in feature space
+    (``O(n d^2)``); the RBF measures build ``n x n`` Gram matrices. ``minibatch`` accumulates the
+    unbiased HSIC batch by batch (Nguyen et al. 2021; batches of at least 4 examples; its interval needs
+    at least 3 batches, else NaN), the others use all examples at once.
 
     >>> from workbench.testing import tiny_classifier
     >>> m, _, (x, _) = tiny_classifier(30)

@@ -151,13 +151,17 @@ def cka(X: Any, Y: Any, kernel: str = "linear", *, sigma: float = 0.8, debiased:
 def linear_cka(X: Any, Y: Any, debiased: bool = False) -> float:
     """Linear CKA, ``|Yc' Xc|_F^2 / (|Xc' Xc|_F |Yc' Yc|_F)`` with column-centred features (equal to
     :func:`cka` with the linear kernel, computed in feature space: ``O(n d^2)``, no Gram matrix);
-    ``debiased=True``: :func:`cka` with the unbiased HSIC.
+    ``debiased=True``: the unbiased-HSIC CKA, also in feature space
+    (:meth:`workbench.compare.CrossCovariance.debiased_cka`; equal to ``cka(X, Y, debiased=True)``).
 
     >>> round(linear_cka([[0.0, 1], [1, 0], [2, 2]], [[0.0], [1], [2]]), 4)
     0.7906
     """
     if debiased:
-        return cka(X, Y, "linear", debiased=True)
+        from .cca import CrossCovariance  # (cca imports this module)
+
+        X, Y = _pair(X, Y, 4)
+        return CrossCovariance().update(X, Y).debiased_cka()
     X, Y = _pair(X, Y)
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
     return _ratio(
