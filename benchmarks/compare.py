@@ -77,7 +77,8 @@ def main():
     for label, f in (
         ("linear CKA (feature space)", lambda: C.linear_cka(X, Y)),
         ("linear CKA (Gram matrices)", lambda: C.cka(X, Y)),
-        ("debiased linear CKA", lambda: C.cka(X, Y, debiased=True)),
+        ("debiased linear CKA (feature space)", lambda: C.linear_cka(X, Y, debiased=True)),
+        ("debiased linear CKA (Gram matrices)", lambda: C.cka(X, Y, debiased=True)),
         ("RBF CKA", lambda: C.rbf_cka(X, Y)),
         ("minibatch CKA, 8 batches of 250", lambda: minibatch(X, Y, 250)),
         ("Procrustes", lambda: C.procrustes(X, Y)),
@@ -86,7 +87,7 @@ def main():
     ):
         t0 = time.perf_counter()
         v = f()
-        print(f"{label:34s} {v:9.5f} {time.perf_counter() - t0:8.3f} s")
+        print(f"{label:38s} {v:9.5f} {time.perf_counter() - t0:8.3f} s")
 
 
 if __name__ == "__main__":
