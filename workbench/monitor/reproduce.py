@@ -50,7 +50,7 @@ PRESETS = {
     "lr_sensitivity": {
         "tiny": dict(steps=40, widths=(8, 16, 32), lrs=(3e-3, 3e-2, 0.3), seeds=(0,), warmup=10, batch=32),
         "default": dict(
-            steps=300, widths=(16, 32, 64), lrs=tuple(np.geomspace(3e-4, 1.0, 8).round(5)), seeds=(0, 1, 2), warmup=50
+            steps=200, widths=(8, 16, 32), lrs=(1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3), seeds=(0, 1), warmup=20, batch=32
         ),
     },
 }

@@ -38,7 +38,8 @@ class Dashboard(Explorer):
     layer (:func:`~workbench.plots.monitor.norms`; the ``norm`` dropdown), with the alarms listed below.
 
     ``follow=True`` polls every ``interval`` seconds in a background thread until **Stop** (Run follows again);
-    ``follow=False`` (or :meth:`update`) reads the store once. A control change redraws at once.
+    ``follow=False`` or ``background=False`` (or :meth:`update`) reads the store once. A control change redraws at
+    once.
 
     >>> import tempfile, torch, xarray as xr
     >>> from workbench.results.store import StepStore
@@ -55,7 +56,7 @@ class Dashboard(Explorer):
         super().__init__(background=background and follow)
         self.path = Path(path)
         self.interval = positive("interval", interval)
-        self.follow = bool(follow)
+        self.follow = bool(follow) and background  # following needs a thread: background=False reads once
         self.ds = None
         self.steps = 0
         self._seen: tuple | None = None
