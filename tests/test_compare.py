@@ -220,7 +220,7 @@ def test_calibration_probe_equals_the_plain_functions():
     _, _, (x2, y2) = tiny_classifier(60, seed=5)
     held = cmp.calibration(m, (x, y), temperature=(x2, y2), n_resamples=10, progress=False)
     assert held.attrs["temperature"] == pytest.approx(cmp.fit_temperature(m(x2).detach().double(), y2), rel=1e-6)
-    assert held.attrs["fit"] == "held-out data"
+    assert held.attrs["fit"] == "held-out data" and "temperature_data_fingerprint" in held.attrs["probe_params"]
     t = held.attrs["temperature"]
     assert float(held.estimate.sel(scaling="temperature", metric="nll")) == pytest.approx(
         cmp.nll(softmax(z / t, axis=1), y), rel=1e-10
@@ -278,6 +278,7 @@ def test_per_token_divergences_exclude_padding():
     other = ids.clone()
     other[mask == 0] = 4  # different tokens (so different logits) at the padded positions only
     r1 = cmp.output_divergence(a, b, {"input_ids": ids, "attention_mask": mask}, n_resamples=10, progress=False)
+    assert r1.attrs["sequence"] == 1
     r2 = cmp.output_divergence(a, b, {"input_ids": other, "attention_mask": mask}, n_resamples=10, progress=False)
     assert r1.kl_token.dims == ("example", "position")
     assert bool(r1.kl_token.isnull().values.tolist() == (mask == 0).tolist())
@@ -293,7 +294,9 @@ def test_per_token_divergences_exclude_padding():
     assert float(r3["mean"].sel(kind="kl")) != pytest.approx(float(r1["mean"].sel(kind="kl")))
 
 
-def test_output_divergence_between_classifiers():
+def test_output_divergence_between_classifiers(tmp_path):
+    import workbench as wb
+
     m, _, (x, _) = tiny_classifier(50, seed=0)
     m2, _, _ = tiny_classifier(50, seed=1)
     r = cmp.output_divergence(m, m2, x, n_resamples=10, progress=False)
@@ -303,6 +306,8 @@ def test_output_divergence_between_classifiers():
     assert float(r["mean"].sel(kind="agreement")) == pytest.approx(agree)
     assert float(r["mean"].sel(kind="disagreement")) == pytest.approx(1 - agree)
     top = cmp.output_divergence(m, m2, x, top_k=2, n_resamples=10, progress=False)
+    wb.save(top, tmp_path / "div.nc")
+    assert wb.load(tmp_path / "div.nc").attrs["approximation"] == top.attrs["approximation"]
     assert "lower bound" in top.attrs["approximation"]
     with pytest.raises(ValueError, match="^model_b: "):
         cmp.output_divergence(m, nn.Sequential(nn.Linear(4, 3)), x, progress=False)

@@ -276,7 +276,7 @@ def output_divergence(
     ds["low"] = ("kind", lo, {"long_name": f"lower end of the {level:.0%} interval"})
     ds["high"] = ("kind", hi, {"long_name": f"upper end of the {level:.0%} interval"})
     ds = ds.assign_coords(kind=kinds)
-    ds.attrs.update(units="nats", reference="model_a", sequence=bool(seq), n_positions=float(w.sum()))
+    ds.attrs.update(units="nats", reference="model_a", sequence=int(bool(seq)), n_positions=float(w.sum()))
     if top_k is not None and top_k < za.shape[-1]:
         ds.attrs["approximation"] = (
             f"top-{top_k}: the {top_k} most probable classes of model_a plus one bucket for the rest of each "

@@ -200,6 +200,7 @@ def calibration(
         raise TypeError("temperature: expected False, True or labelled data to fit the temperature on, got None")
     else:
         zf, yf = _logits_labels(model, temperature, ctx, "temperature")
+        ctx.record(temperature_data_fingerprint=as_data(temperature).fingerprint())
         if zf.shape[1] != z.shape[1]:
             raise ValueError(f"temperature: its outputs have {zf.shape[1]} classes, data's {z.shape[1]}")
         T = fit_temperature(zf, yf)
