@@ -13,7 +13,10 @@ blocks, units within heads, the residual stream shared). Methods (:data:`ALIGN_M
 * ``"activation"``: activation matching, each group's permutation maximises the summed correlation of A's and
   B's unit activations over ``data`` (module outputs captured with :mod:`workbench.capture`, every position of
   a conv map or token sequence a sample); groups no module output shows (attention's q/k inside
-  ``nn.MultiheadAttention``) are weight-matched given the others.
+  ``nn.MultiheadAttention``) are weight-matched given the others;
+* ``"ste"``: the straight-through estimator (sec. 3.3 there, :mod:`~workbench.weightspace.ste`): weight matching,
+  then ``ste_steps`` Adam steps (rate ``ste_lr``) on a proxy of A, B re-matched to the proxy at each step, for a
+  low loss of the midpoint on ``data`` under ``loss_fn`` (labelled data and a loss needed).
 """
 
 from __future__ import annotations
@@ -31,13 +34,14 @@ from ..capture import stream
 from ..registry import Tags, probe
 from ..state import modes
 from ..testing import hostile_data, hostile_model
-from ..validate import choice, count
+from ..validate import choice, count, positive
 from .graph import Entry, PermutationSpec, example_input, permutation_groups
 from .matching import apply_entry, coordinate_descent, objective, solve, units_of
+from .ste import straight_through
 
 __all__ = ["ALIGN_METHODS", "match", "permute", "align", "Aligned", "equivalence_error"]
 
-ALIGN_METHODS = ("weight", "activation")
+ALIGN_METHODS = ("weight", "activation", "ste")
 
 
 def _state(model: nn.Module) -> dict:
@@ -106,6 +110,8 @@ def match(
     method: str = "weight",
     max_iter: int = 100,
     restarts: int = 3,
+    ste_steps: int = 200,
+    ste_lr: float = 1e-2,
     ctx,
 ) -> xr.Dataset:
     """The permutations of model B's hidden units that best align it to model A (Ainsworth et al. 2023).
@@ -136,6 +142,10 @@ def match(
     method = choice("method", method, ALIGN_METHODS)
     max_iter = count("max_iter", max_iter)
     restarts = count("restarts", restarts)
+    if method == "ste":
+        ste_steps, ste_lr = count("ste_steps", ste_steps), positive("ste_lr", ste_lr)
+        if loss_fn is None:
+            raise ValueError("loss_fn: method='ste' trains on the loss of the midpoint; pass the loss_fn")
     _check_pair(model_a, model_b)
     try:  # labelled data: its fingerprint is recorded; bare inputs are fine too
         ctx.adopt_data(data)
@@ -171,6 +181,10 @@ def match(
             best = (score, p, h)
     if best is not None:
         perms, heads = best[1], best[2]
+    if method == "ste" and units:
+        with ctx.bar(None, "straight-through"):
+            iterations += straight_through(spec, ctx.objective(), model_b, perms, heads, units, ctx.rng,
+                                           steps=ste_steps, lr=ste_lr, check=ctx.check_cancel)  # fmt: skip
     return _dataset(spec, perms, heads, method, iterations)
 
 
@@ -256,12 +270,14 @@ def align(
     *,
     method: str = "weight",
     max_iter: int = 100,
+    loss_fn: Callable | None = None,
     **tail,
 ) -> Aligned:
     """``Aligned(model B permuted to align with model A, the permutations)``: :func:`match` then :func:`permute`;
     the aligned copy is checked to compute model B's outputs on ``data``'s first batch (eval mode) to float
     rounding (``RuntimeError`` otherwise; the error is in the attrs as ``equivalence_error``). The inputs are
-    not changed. ``tail``: the probe keywords (``mode``, ``seed``, ``progress``, ...).
+    not changed. ``loss_fn``: for ``method="ste"``; ``tail``: :func:`match`'s other keywords (``restarts``,
+    ``ste_steps``, ...) and the probe keywords (``mode``, ``seed``, ``progress``, ...).
 
     >>> import torch
     >>> a, b = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)), torch.nn.Sequential(
@@ -270,7 +286,7 @@ def align(
     >>> perms.attrs["equivalence_error"] < 1e-6
     True
     """
-    perms = match(model_a, model_b, None, data, method=method, max_iter=max_iter, **tail)
+    perms = match(model_a, model_b, loss_fn, data, method=method, max_iter=max_iter, **tail)
     aligned = permute(model_b, perms)
     x = example_input(data, 256)
     p0 = next(model_b.parameters(), None)

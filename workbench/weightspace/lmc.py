@@ -38,7 +38,7 @@ from .repair import interpolate_models, repair, repair_points, reset_batchnorm, 
 __all__ = ["LMC_METHODS", "connectivity", "singular_cosines", "barriers"]
 
 LMC_METHODS = ("none", "weight", "activation", "weight+repair", "weight+reset")
-_BASES, _FIXES = ("none", "weight", "activation"), ("repair", "reset")
+_BASES, _FIXES = ("none", "weight", "activation", "ste"), ("repair", "reset")
 
 
 def _methods(methods) -> list[tuple[str, str, str | None]]:
@@ -108,8 +108,8 @@ def connectivity(
     (any of ``"none"``, ``"weight"``, ``"activation"``, each optionally ``"+repair"`` or ``"+reset"``), one
     path each: the coordinate ``path`` holds their names (not ``method``, which ``Dataset.sel`` takes as a
     keyword of its own).
-    ``repair_data``: the data REPAIR, RESET and activation matching read (default ``data``). ``seed``: weight
-    matching's order of groups.
+    ``repair_data``: the data REPAIR, RESET and activation matching read, and ``"ste"`` trains on (labelled, with
+    ``loss_fn``; default ``data``). ``seed``: weight matching's order of groups.
 
     >>> import torch, workbench as wb
     >>> a = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
@@ -129,7 +129,7 @@ def connectivity(
     partner, n_id = {"none": model_b}, {"none": 0}
     for base in dict.fromkeys(b for _, b, _ in plan):
         if base != "none":
-            perms = match(model_a, model_b, None, rdata, method=base, **tail)
+            perms = match(model_a, model_b, loss_fn if base == "ste" else None, rdata, method=base, **tail)
             partner[base], n_id[base] = permute(model_b, perms), perms.attrs["n_identity"]
     shape = (len(plan), len(t))
     loss, acc = np.full(shape, np.nan), np.full(shape, np.nan)
