@@ -6,6 +6,7 @@ repair, and the errors."""
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import numpy as np
@@ -99,10 +100,42 @@ class Transformer(nn.Module):
         return self.head(self.norm(self.b2(self.b1(self.emb(x) + self.pos))).mean(1))
 
 
+class BertLikeAttention(nn.Module):  # Hugging Face BERT's pattern: view + permute, matmul, mask, softmax, dropout
+    def __init__(self, d=16, h=4):
+        super().__init__()
+        self.h, self.dh = h, d // h
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.dropout, self.dense, self.LayerNorm = nn.Dropout(0.1), nn.Linear(d, d), nn.LayerNorm(d)
+
+    def shape(self, x):
+        return x.view(x.size(0), x.size(1), self.h, self.dh).permute(0, 2, 1, 3)
+
+    def forward(self, hidden, mask):
+        q, k, v = self.shape(self.query(hidden)), self.shape(self.key(hidden)), self.shape(self.value(hidden))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.dh) + mask
+        probs = self.dropout(nn.functional.softmax(scores, dim=-1))
+        ctx = torch.matmul(probs, v).permute(0, 2, 1, 3).contiguous()
+        return self.LayerNorm(self.dense(ctx.view(ctx.size(0), ctx.size(1), -1)) + hidden)
+
+
+class BertLike(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.att, self.ln = nn.Embedding(20, 16), BertLikeAttention(), nn.LayerNorm(16)
+        self.inter, self.out, self.cls = nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 3)
+
+    def forward(self, ids):
+        mask = torch.zeros_like(ids[:, None, None, :], dtype=torch.float)
+        h = self.att(self.emb(ids), mask)
+        return self.cls(self.ln(self.out(F.gelu(self.inter(h))) + h)[:, 0])
+
+
 def _model(kind, seed=0):
     torch.manual_seed(seed)
-    make = dict(mlp=MLP, cnn=CNN, resnet=ResNet, transformer=Transformer, mha=lambda: Transformer(True))[kind]
-    m = make()
+    make = dict(mlp=MLP, cnn=CNN, resnet=ResNet, transformer=Transformer, mha=lambda: Transformer(True), bert=BertLike)
+    m = make[kind]()
+    if kind == "bert":
+        return m.eval(), torch.randint(0, 20, (96, 7))
     shape = dict(mlp=(6,), cnn=(1, 8, 8), resnet=(1, 8, 8), transformer=(6, 5), mha=(6, 5))[kind]
     x = torch.randn((96,) + shape)
     if kind in ("cnn", "resnet"):  # BatchNorm statistics away from their defaults
@@ -139,10 +172,10 @@ def _inverse(p):
     return torch.argsort(torch.as_tensor(p))
 
 
-EXPECTED_GROUPS = dict(mlp=2, cnn=2, resnet=3, transformer=7, mha=7)  # MHA: out_proj joins the residual stream
+EXPECTED_GROUPS = dict(mlp=2, cnn=2, resnet=3, transformer=7, mha=7, bert=4)  # MHA: out_proj joins the residual
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn", "resnet", "transformer", "mha"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "resnet", "transformer", "mha", "bert"])
 @pytest.mark.parametrize("method", ["weight", "activation"])
 def test_planted_permutation_recovered_exactly(kind, method):
     a, x = _model(kind)
@@ -318,6 +351,14 @@ def test_unsupported_module_is_named():
 
     with pytest.raises(ValueError, match="torch.fx cannot trace Branchy"):
         ws.permutation_groups(Branchy(), torch.randn(2, 2))
+
+    class MaskFromShape(BertLike):  # torch.zeros(shape) cannot be traced; the meta-tensor retrace reads sizes wrong
+        def forward(self, ids):
+            h = self.att(self.emb(ids), torch.zeros(ids.shape[0], 1, 1, ids.shape[1]))
+            return self.cls(h[:, 0])
+
+    with pytest.raises(ValueError, match=r"graph of MaskFromShape does not run.*zeros_like"):
+        ws.permutation_groups(MaskFromShape(), torch.randint(0, 20, (2, 7)))
     # a module with no units around it is fine (it sees only the fixed input)
     ok = nn.Sequential(nn.Upsample(scale_factor=1), nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1))
     assert list(ws.permutation_groups(ok, torch.randn(2, 1, 2, 2)).groups) == ["2"]

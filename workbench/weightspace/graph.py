@@ -230,8 +230,15 @@ def trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
                 f"model: torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {e}); weight-space "
                 "alignment needs a forward without data-dependent control flow"
             ) from e
-    with torch.no_grad(), modes(model, "eval"):
-        ShapeProp(gm).propagate(example)
+    try:
+        with torch.no_grad(), modes(model, "eval"):
+            ShapeProp(gm).propagate(example)
+    except Exception as e:  # the traced graph does not run (a traced shape read gone wrong): one clear error
+        raise ValueError(
+            f"model: the torch.fx graph of {type(model).__name__} does not run on the example ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}); build constant tensors from the input (torch.zeros_like(x)) rather "
+            "than from its shape, or pass inputs the model takes"
+        ) from e
     return gm
 
 
