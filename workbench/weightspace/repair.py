@@ -30,7 +30,7 @@ from .graph import example_input, permutation_groups, trace
 
 __all__ = ["interpolate_models", "reset_batchnorm", "repair_points", "repair", "unit_statistics"]
 
-_EPS = 1e-8
+_EPS = 1e-5  # a unit whose variance collapsed to zero is not blown up
 
 
 def interpolate_models(model_a: nn.Module, model_b: nn.Module, t: float) -> nn.Module:
