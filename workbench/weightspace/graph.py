@@ -234,6 +234,8 @@ def trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
         with torch.no_grad(), modes(model, "eval"):
             ShapeProp(gm).propagate(example)
     except Exception as e:  # the traced graph does not run (a traced shape read gone wrong): one clear error
+        if not isinstance(e.__cause__ or e, TypeError):
+            raise  # the model's own error (or a planted one) goes on as it was
         raise ValueError(
             f"model: the torch.fx graph of {type(model).__name__} does not run on the example ({type(e).__name__}: "
             f"{str(e).splitlines()[0][:200]}); build constant tensors from the input (torch.zeros_like(x)) rather "
