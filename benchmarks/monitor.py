@@ -7,7 +7,7 @@ trajectory every 50, lambda_max log-spaced and every 200), writing to a store on
 
 The two variants run interleaved (so machine load hits both alike), median over rounds, one torch thread.
 Overhead = (time with monitor - time without) / time without; target <= 5 %.
-Run: .venv/bin/python benchmarks/monitor.py [--steps N] [--rounds R]
+Run: .venv/bin/python benchmarks/monitor.py [--steps N] [--rounds R] [--breakdown]
 """
 
 import argparse
@@ -19,7 +19,7 @@ import warnings
 import torch
 
 import workbench as wb
-from workbench.monitor import AlarmWarning, Monitor
+from workbench.monitor import PROBES, AlarmWarning, Monitor
 from workbench.monitor.reproduce_gd import mse_onehot
 from workbench.monitor.reproduce_models import TinyLM, lm_loss, topic_sequences
 from workbench.zoo.datasets import digits
@@ -41,10 +41,10 @@ def mlp():
     return model, torch.optim.SGD(model.parameters(), lr=0.05), mse_onehot, (x, y), (x[:256], y[:256])
 
 
-def train(setup, steps, monitored):
+def train(setup, steps, monitored, probes=None):
     model, opt, loss_fn, (x, y), probe = setup()
     g = torch.Generator().manual_seed(0)
-    mon = Monitor(tempfile.mkdtemp() + "/bench.wbmon", loss_fn, probe) if monitored else None
+    mon = Monitor(tempfile.mkdtemp() + "/bench.wbmon", loss_fn, probe, probes=probes) if monitored else None
     t0 = time.perf_counter()
     for step in range(steps):
         idx = torch.randint(len(x), (64,), generator=g)
@@ -63,6 +63,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--breakdown", action="store_true", help="also the seconds in the monitor of each probe alone")
     args = ap.parse_args()
     wb.set_threads(1)
     torch.set_num_threads(1)
@@ -80,6 +81,13 @@ def main():
         p, w, s = statistics.median(plain), statistics.median(watched), statistics.median(inside)
         flag = "" if (w - p) / p <= 0.05 else "  (above the 5 % target)"
         print(f"{name:<12} {p:9.2f} {w:12.2f} {s:13.2f} {100 * (w - p) / p:8.1f}%{flag}")
+        if args.breakdown:
+            alone = {}
+            for probe in PROBES:
+                if not (probe == "attention" and setup is mlp):  # the MLP has no attention
+                    alone[probe] = train(setup, args.steps, True, probes=(probe,))[1]
+            print("   seconds in the monitor, each probe alone at its default schedule (% of plain training): "
+                  + ", ".join(f"{k} {v:.2f} ({100 * v / p:.0f}%)" for k, v in alone.items()))  # fmt: skip
 
 
 if __name__ == "__main__":
