@@ -38,6 +38,8 @@ CASES = {
         ("select", 1, "hscore"),
     ),
     "tour.ipynb": (dict(steps=5), ("slider", 0)),
+    "compare.ipynb": (dict(n_resamples=20), ("slider", 0)),
+    "weightspace.ipynb": (dict(steps=5, n_repair=300), ("select", 0, "accuracy")),
 }
 
 

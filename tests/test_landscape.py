@@ -184,7 +184,7 @@ def test_interpolate_barrier_and_endpoints():
     assert 0 <= float(r.accuracy.min()) <= float(r.accuracy.max()) <= 1
 
 
-def test_interpolate_bn_repair_matches_update_bn():
+def test_interpolate_bn_reset_matches_update_bn():
     torch.manual_seed(0)
     mk = lambda: nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))  # noqa: E731
     a, b = mk(), mk()
@@ -195,7 +195,7 @@ def test_interpolate_bn_repair_matches_update_bn():
         m.eval()
     g = torch.Generator().manual_seed(2)
     x, y = torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
-    r = L.interpolate(a, b, nn.CrossEntropyLoss(), (x, y), coords=[0.5], bn_repair=True, progress=False)
+    r = L.interpolate(a, b, nn.CrossEntropyLoss(), (x, y), coords=[0.5], bn_reset=True, progress=False)
     mid = copy.deepcopy(a)
     with torch.no_grad():
         for pm, pa, pb in zip(mid.parameters(), a.parameters(), b.parameters()):

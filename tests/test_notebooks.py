@@ -17,6 +17,8 @@ CASES = {
     "attention.ipynb": dict(n_sentences=4, stride=10),
     "transferability.ipynb": dict(targets=["digits-5to9"], metrics=["logme", "leep", "hscore"], n_boot=50),
     "tour.ipynb": dict(steps=5),
+    "compare.ipynb": dict(n_resamples=20),
+    "weightspace.ipynb": dict(steps=5, n_repair=300),
 }
 
 
