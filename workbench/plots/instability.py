@@ -19,8 +19,9 @@ def _band(fig, x, y, name, color, row=None, col=None, dash=None, showlegend=True
     kw = {} if row is None else dict(row=row, col=col)
     if y.shape[0] > 1:
         fig.add_scatter(
-            x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself", fillcolor=color,
-            opacity=0.2, line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=name, **kw,
+            x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]), mode="lines", fill="toself",
+            fillcolor=color, opacity=0.2, line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=name,
+            **kw,
         )  # fmt: skip
     fig.add_scatter(x=x, y=mean, mode="lines", name=name, legendgroup=name, showlegend=showlegend,
                     line=dict(color=color, dash=dash), **kw)  # fmt: skip
@@ -65,10 +66,14 @@ def event_steps(ds: xr.Dataset, title: str | None = None) -> go.Figure:
 
     >>> ds = xr.Dataset({"growth_step": (("run", "seed"), [[20.0]]), "collapse_step": (("run", "seed"), [[30.0]]),
     ...                  "spike_step": (("run", "seed"), [[np.nan]])}, coords={"run": ["unstable"], "seed": [0]})
-    >>> [list(t.x) for t in event_steps(ds).data]
+    >>> [list(t.x) for t in event_steps(ds).data[1:]]
     [[20.0], [30.0], []]
     """
     fig = go.Figure(layout=dict(template="plotly_white", title=title or "event steps per run (one marker per seed)"))
+    runs = [str(r) for r in ds["run"].values]
+    first = np.nanmin(ds[["growth_step", "collapse_step", "spike_step"]].to_array().values, initial=np.inf)
+    fig.add_scatter(x=[0.0 if not np.isfinite(first) else float(first)] * len(runs), y=runs, mode="markers",
+                    marker=dict(opacity=0), hoverinfo="skip", showlegend=False)  # every run gets its row  # fmt: skip
     for i, (var, name) in enumerate((("growth_step", "logit growth"), ("collapse_step", "entropy collapse"),
                                      ("spike_step", "loss spike"))):  # fmt: skip
         da = ds[var].transpose("run", "seed")
@@ -107,25 +112,26 @@ def edge_of_stability(ds: xr.Dataset, title: str | None = None) -> go.Figure:
 
 def lr_sensitivity(ds: xr.Dataset, title: str | None = None) -> go.Figure:
     """Final loss against learning rate (log axis), one panel per variant, one line per width (mean over seeds,
-    band = seed range); the legend carries each width's LR sensitivity.
+    band = seed range); each panel's title carries the LR sensitivity of each width.
     ``ds``: :func:`workbench.monitor.reproduce.lr_sensitivity`.
 
     >>> ds = xr.Dataset({"final_loss": (("variant", "width", "lr", "seed"), [[[[2.0], [1.5]]]]),
     ...                  "sensitivity": (("variant", "width", "seed"), [[[0.25]]])},
     ...                 coords={"variant": ["standard"], "width": [8], "lr": [0.01, 0.1], "seed": [0]})
-    >>> lr_sensitivity(ds).data[0].name
-    'width 8 (sens 0.25)'
+    >>> lr_sensitivity(ds).layout.annotations[0].text
+    'standard (sensitivity 0.25)'
     """
     variants = list(ds["variant"].values)
-    fig = make_subplots(rows=1, cols=len(variants), shared_yaxes=True, subplot_titles=variants)
+    sens = ds.sensitivity.mean("seed")
+    titles = [f"{v} (sensitivity {', '.join(f'{s:.2g}' for s in sens.sel(variant=v).values)})" for v in variants]
+    fig = make_subplots(rows=1, cols=len(variants), shared_yaxes=True, subplot_titles=titles)
     x = ds["lr"].values
     top = float(np.nanmax(np.where(np.isfinite(ds.final_loss), ds.final_loss, np.nan)))
     for j, v in enumerate(variants, start=1):
         for i, w in enumerate(ds["width"].values):
             r = ds.sel(variant=v, width=w)
             y = np.minimum(r.final_loss.transpose("seed", "lr").values, top)
-            sens = float(r.sensitivity.mean())
-            _band(fig, x, y, f"width {w} (sens {sens:.2g})", COLORS[i % len(COLORS)], row=1, col=j)
+            _band(fig, x, y, f"width {w}", COLORS[i % len(COLORS)], row=1, col=j, showlegend=j == 1)
         fig.update_xaxes(type="log", title_text="learning rate", row=1, col=j)
     fig.update_yaxes(title_text="final loss", row=1, col=1)
     fig.update_layout(template="plotly_white", height=380, title=title or "LR sensitivity: final loss vs learning rate")
