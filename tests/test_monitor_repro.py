@@ -11,8 +11,8 @@ import torch
 import workbench as wb
 from workbench import reports
 from workbench.monitor import reproduce as R
+from workbench.monitor.reproduce import train_demo
 from workbench.monitor.reproduce_models import WidthMLP
-from workbench.monitor.reproduce_runs import train_demo
 
 NAMES = ("attention_instability", "edge_of_stability", "lr_sensitivity", "width_sharpness")
 

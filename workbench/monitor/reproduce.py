@@ -5,6 +5,8 @@
   attention entropy collapses *before* the loss spikes; qk-LayerNorm or sigmaReparam at the same learning rate
   prevents both. Per-step statistics come from a :class:`~workbench.monitor.Monitor` attached to each run.
 * :func:`edge_of_stability` and :func:`width_sharpness` (:mod:`.reproduce_gd`).
+* :func:`train_demo` (:mod:`.reproduce_runs`): one monitored run of the tiny transformer into a store, for the
+  dashboard and the monitor report.
 * :func:`lr_sensitivity` (Wortsman et al. 2023's small-scale proxies): final loss against learning rate for
   three widths, with and without qk-LayerNorm or z-loss; the LR sensitivity is the mean excess of the final
   loss over the best one across the learning-rate range (each loss capped at the loss at initialisation).
@@ -28,7 +30,7 @@ from ..results import provenance
 from ..validate import positive
 from .reproduce_gd import edge_of_stability, mse_onehot, width_sharpness
 from .reproduce_models import TinyLM, lm_loss, topic_sequences, z_loss
-from .reproduce_runs import first_alarm, monitored_run, preset_config
+from .reproduce_runs import first_alarm, monitored_run, preset_config, train_demo
 
 __all__ = [
     "attention_instability",
@@ -40,6 +42,7 @@ __all__ = [
     "growth_step",
     "first_step",
     "mse_onehot",
+    "train_demo",
 ]
 
 PRESETS = {
