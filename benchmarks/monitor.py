@@ -7,7 +7,7 @@ trajectory every 50, lambda_max log-spaced and every 200), writing to a store on
 
 The two variants run interleaved (so machine load hits both alike), median over rounds, one torch thread.
 Overhead = (time with monitor - time without) / time without; target <= 5 %.
-Run: .venv/bin/python benchmarks/monitor.py [--steps N] [--rounds R] [--breakdown]
+Run: .venv/bin/python benchmarks/monitor.py [--steps N] [--rounds R] [--breakdown] [--schedule light]
 """
 
 import argparse
@@ -19,7 +19,7 @@ import warnings
 import torch
 
 import workbench as wb
-from workbench.monitor import PROBES, AlarmWarning, Monitor
+from workbench.monitor import PROBES, AlarmWarning, Monitor, every
 from workbench.monitor.reproduce_gd import mse_onehot
 from workbench.monitor.reproduce_models import TinyLM, lm_loss, topic_sequences
 from workbench.zoo.datasets import digits
@@ -41,10 +41,24 @@ def mlp():
     return model, torch.optim.SGD(model.parameters(), lr=0.05), mse_onehot, (x, y), (x[:256], y[:256])
 
 
+#: a lighter schedule for comparison (``--schedule light``): every statistic 10x sparser, lambda_max every 1000
+LIGHT = {
+    "loss": every(10),
+    "norms": every(100),
+    "distance": every(100),
+    "attention": every(500),
+    "logits": every(500),
+    "trajectory": every(500),
+    "sharpness": every(1000),
+}
+SCHEDULE = None
+
+
 def train(setup, steps, monitored, probes=None):
     model, opt, loss_fn, (x, y), probe = setup()
     g = torch.Generator().manual_seed(0)
-    mon = Monitor(tempfile.mkdtemp() + "/bench.wbmon", loss_fn, probe, probes=probes) if monitored else None
+    path = tempfile.mkdtemp() + "/bench.wbmon"
+    mon = Monitor(path, loss_fn, probe, probes=probes, schedule=SCHEDULE) if monitored else None
     t0 = time.perf_counter()
     for step in range(steps):
         idx = torch.randint(len(x), (64,), generator=g)
@@ -63,12 +77,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--schedule", choices=("default", "light"), default="default")
     ap.add_argument("--breakdown", action="store_true", help="also the seconds in the monitor of each probe alone")
     args = ap.parse_args()
+    global SCHEDULE
+    SCHEDULE = LIGHT if args.schedule == "light" else None
     wb.set_threads(1)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", AlarmWarning)
-    print(f"{args.steps} training steps, {args.rounds} interleaved rounds, 1 thread, default schedule")
+    print(f"{args.steps} training steps, {args.rounds} interleaved rounds, 1 thread, {args.schedule} schedule")
     print(f"{'model':<12} {'plain s':>9} {'monitored s':>12} {'in monitor s':>13} {'overhead':>9}")
     for name, setup in (("transformer", transformer), ("digits MLP", mlp)):
         train(setup, 20, True)  # warm-up: lazy imports, first allocations
