@@ -538,7 +538,8 @@ def test_weighted_tau_of_every_metric_with_intervals_on_the_zoo(zoo_built):
     zoo = zoo_built
     models = {n: zoo.load(n) for n in zoo.names("transfer")}
     gt = zoo.transfer_ground_truth().rename(source="model").finetune_acc
-    r = T.rank(models, zt.target_data("digits-5to9", "train"), ["logme", "hscore_shrinkage", "leep"], progress=False)
+    metrics = ["logme", "hscore_shrinkage", "leep", "etran", "tmi"]
+    r = T.rank(models, zt.target_data("digits-5to9", "train"), metrics, progress=False)
     c = T.correlate(r.score.sel(layer="penultimate"), gt.sel(target="digits-5to9"), n_resamples=300)
     for k in ("weighted_tau", "kendall_tau", "pearson", "top_k_relative_accuracy"):
         assert np.all(c[f"{k}_low"] <= c[k]) and np.all(c[k] <= c[f"{k}_high"]), k
@@ -552,7 +553,11 @@ def test_weighted_tau_of_every_metric_with_intervals_on_the_zoo(zoo_built):
         assert float(c.weighted_tau_low.sel(metric=met)) > 0.1, met  # ranks the sources, beyond its interval
     sub = T.correlate(s, gt.sel(target="digits-5to9"), n_resamples=100, scheme="subsample")
     assert np.all(sub.weighted_tau_high <= 1) and np.all(sub.weighted_tau_low <= sub.weighted_tau)
-    assert T.EXPERIMENTAL == {"tmi"}
+    # the evidence for the experimental marks: ETran ranks the sources (measured 0.55 [0.19, 0.85]), TMI does not
+    # (0.08 [-0.49, 0.70]): only TMI stays marked
+    assert float(c.weighted_tau_low.sel(metric="etran")) > 0
+    assert float(c.weighted_tau_low.sel(metric="tmi")) < 0 < float(c.weighted_tau_high.sel(metric="tmi"))
+    assert T.EXPERIMENTAL == {"tmi"} and r.attrs["experimental_metrics"] == "tmi"
 
 
 def test_best_minilm_layer_for_word_order_is_not_the_last():
