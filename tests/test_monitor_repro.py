@@ -21,7 +21,8 @@ NAMES = ("attention_instability", "edge_of_stability", "lr_sensitivity", "width_
 def repro(tmp_path_factory):
     """Every reproduction once at the tiny preset, also saved for the report."""
     folder = tmp_path_factory.mktemp("repro")
-    out = {n: getattr(R, n)("tiny") for n in NAMES}
+    out = {n: getattr(R, n)("tiny") for n in NAMES if n != "attention_instability"}
+    out["attention_instability"] = R.attention_instability("tiny", store_dir=folder / "stores")
     for n, ds in out.items():
         wb.save(ds, folder / f"{n}.nc")
     return out, folder
@@ -63,6 +64,12 @@ def test_entropy_collapse_and_logit_growth_come_before_the_spike_only_in_the_uns
         ds.max_logit.isel(step=-1).drop_sel(run="unstable").max()
     )
     assert ds.sizes["seed"] == 2 and ds.attrs["probe"] == "monitor.attention_instability"
+    # the curves are the monitor's: its store of the unstable run, seed 1, holds the same entropies and alarms
+    store = wb.load(repro[1] / "stores" / "unstable-s1.wbmon")
+    mean = store.attn_normalized_entropy.mean(("attn_layer", "head")).sel(step=ds.step)
+    np.testing.assert_allclose(mean.values, u.entropy.sel(seed=1).values, rtol=1e-6)
+    first = store.event_step[store.event_kind == "entropy_collapse"].min()
+    assert int(first) == int(u.collapse_alarm_step.sel(seed=1))
 
 
 def test_full_batch_gd_sharpens_to_two_over_lr_and_hovers(repro):
@@ -180,3 +187,23 @@ def test_reports_execute(repro, live_store, tmp_path):
         < first["entropy_collapse"]
         == int(store.event_step[store.event_kind == "entropy_collapse"].min())
     )
+
+
+def test_dashboard_tails_a_store_written_by_another_process(tmp_path):
+    import subprocess
+    import sys
+
+    from workbench.widgets.monitor import Dashboard
+
+    path = tmp_path / "proc.wbmon"
+    code = (
+        f"from workbench.monitor.reproduce import train_demo; train_demo({str(path)!r}, steps=40, every=10, delay=0.03)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    dash, seen = Dashboard(path, follow=False), []
+    while proc.poll() is None:
+        seen.append(dash.update())
+        time.sleep(0.05)
+    assert proc.returncode == 0
+    seen.append(dash.update())
+    assert seen[-1] == 41 and any(0 < s < 41 for s in seen), seen
