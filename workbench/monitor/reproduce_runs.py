@@ -85,14 +85,14 @@ def train_demo(
     """Train the reproductions' tiny causal transformer (:class:`~workbench.monitor.reproduce_models.TinyLM`,
     width 32, on the topic task) with Adam at ``lr`` (linear warm-up over 50 steps) for ``steps`` steps with a
     :class:`Monitor` writing every probe to ``store``: ``loss`` every step, the others every ``every`` steps
-    (``sharpness`` every ``5 * every``). At ``lr=0.3``
+    (``sharpness`` every ``5 * every``, from step ``5 * every``). At ``lr=0.3``
     the attention entropy collapses after about 30 steps (alarms ``logit_growth``, ``entropy_collapse``).
     ``delay`` seconds of sleep per step make a live demo visible; ``stop`` (a ``threading.Event``) ends the
     run early. For a dashboard demo, run it in a thread: ``threading.Thread(target=train_demo, args=(path,))``.
     Returns the store's path.
 
     >>> import tempfile, workbench as wb
-    >>> path = train_demo(tempfile.mkdtemp() + "/demo", steps=20, every=10)
+    >>> path = train_demo(tempfile.mkdtemp() + "/demo", steps=20, every=4)
     >>> ds = wb.load(path)
     >>> ds.sizes["step"], sorted(v for v in ("loss", "lambda_max", "attn_normalized_entropy") if v in ds)
     (21, ['attn_normalized_entropy', 'lambda_max', 'loss'])
@@ -110,7 +110,8 @@ def train_demo(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
     g = torch.Generator().manual_seed(int(seed))
     schedule = dict.fromkeys(("norms", "distance", "attention", "logits", "trajectory"), every_n(every))
-    schedule.update(loss=every_n(1), sharpness=every_n(5 * every))
+    # lambda_max from the first scheduled step after 0: Adam has no preconditioner before its first step
+    schedule.update(loss=every_n(1), sharpness=every_n(5 * every, start=5 * every))
     with warnings.catch_warnings(), threads():
         warnings.simplefilter("ignore", AlarmWarning)
         with Monitor(store, lm_loss, probe, schedule=schedule, flush_every=every) as mon:
