@@ -207,3 +207,11 @@ def test_dashboard_tails_a_store_written_by_another_process(tmp_path):
     assert proc.returncode == 0
     seen.append(dash.update())
     assert seen[-1] == 41 and any(0 < s < 41 for s in seen), seen
+
+
+def test_reproductions_leave_the_global_rng_alone_and_repeat_exactly():
+    state = torch.get_rng_state()
+    a = R.edge_of_stability("tiny", steps=4, every=2, n=32, seeds=(0,))
+    b = R.edge_of_stability("tiny", steps=4, every=2, n=32, seeds=(0,))
+    assert torch.equal(state, torch.get_rng_state())
+    np.testing.assert_array_equal(a.lambda_max.values, b.lambda_max.values)

@@ -30,7 +30,7 @@ from ..results import provenance
 from ..validate import positive
 from .reproduce_gd import edge_of_stability, mse_onehot, width_sharpness
 from .reproduce_models import TinyLM, lm_loss, topic_sequences, z_loss
-from .reproduce_runs import first_alarm, monitored_run, preset_config, train_demo
+from .reproduce_runs import first_alarm, monitored_run, preset_config, seeded, train_demo
 
 __all__ = [
     "attention_instability",
@@ -115,9 +115,9 @@ def _lm_run(cfg, seed, lr, *, qk_norm=False, sigma_reparam=False, z_weight=0.0, 
     given, else ``(initial probe loss, final probe loss)``."""
     x, y = topic_sequences(cfg.get("n_train", 2048), length=cfg.get("length", 16), seed=1000 + seed)
     xp, yp = topic_sequences(cfg.get("n_probe", 128), length=cfg.get("length", 16), seed=99)
-    torch.manual_seed(seed)
-    model = TinyLM(d=cfg["d"], heads=cfg.get("heads", 4), depth=cfg.get("depth", 2), qk_norm=qk_norm,
-                   sigma_reparam=sigma_reparam, length=cfg.get("length", 16))  # fmt: skip
+    with seeded(seed):
+        model = TinyLM(d=cfg["d"], heads=cfg.get("heads", 4), depth=cfg.get("depth", 2), qk_norm=qk_norm,
+                       sigma_reparam=sigma_reparam, length=cfg.get("length", 16))  # fmt: skip
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     warm = cfg["warmup"]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))

@@ -13,7 +13,7 @@ import xarray as xr
 from ..config import threads
 from ..results import provenance
 from .reproduce_models import WidthMLP
-from .reproduce_runs import monitored_run, preset_config
+from .reproduce_runs import monitored_run, preset_config, seeded
 
 PRESETS = {
     "edge_of_stability": {
@@ -88,9 +88,10 @@ def edge_of_stability(preset: str = "tiny", *, store_dir: str | Path | None = No
     with threads():
         for lr in lrs:
             for seed in seeds:
-                torch.manual_seed(seed)
+                with seeded(seed):
+                    model = MLP(width=cfg["width"])
                 store = None if store_dir is None else f"{store_dir}/eos-lr{lr:g}-s{seed}.wbmon"
-                traces[lr, seed] = _gd_run(MLP(width=cfg["width"]), lr, cfg["steps"], cfg["every"], data, store)
+                traces[lr, seed] = _gd_run(model, lr, cfg["steps"], cfg["every"], data, store)
     steps = traces[lrs[0], seeds[0]]["step"]
 
     def stack(var):
@@ -141,8 +142,8 @@ def width_sharpness(preset: str = "tiny", **overrides) -> xr.Dataset:
         for p in pars:
             for w in widths:
                 for seed in seeds:
-                    torch.manual_seed(seed)
-                    model = WidthMLP(width=w, parametrisation=p, base_width=cfg["base_width"])
+                    with seeded(seed):
+                        model = WidthMLP(width=w, parametrisation=p, base_width=cfg["base_width"])
                     traces[p, w, seed] = _gd_run(model, cfg["lr"], cfg["steps"], cfg["every"], data)
     steps = traces[pars[0], widths[0], seeds[0]]["step"]
 
