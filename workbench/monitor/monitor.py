@@ -74,7 +74,7 @@ class Monitor:
         on_alarm=None,
         mode: str = "eval",
         seed: int = 0,
-        n_iter: int = 8,
+        n_iter: int = 5,
         flush_every: int = 1000,
         forward_kwargs: dict | None = None,
     ):
@@ -208,7 +208,8 @@ class Monitor:
             self._attention(model, inputs, stats)
         if "sharpness" in heavy:
             r = self.tracker.update(model, self.loss_fn, (x, y), optimizer, mode=self.mode)
-            stats.update({k: r[k] for k in ("lambda_max", "edge", "n_products")})
+            if r["n_products"]:  # Adam before its first step has no preconditioner yet: nothing to record
+                stats.update({k: r[k] for k in ("lambda_max", "edge", "n_products")})
             self.sharpness_kind = r["kind"]
 
     def _attention(self, model, inputs, stats):

@@ -42,38 +42,51 @@ def flat_params(model: nn.Module) -> torch.Tensor:
     )
 
 
-def _per_layer(model: nn.Module, values) -> np.ndarray:
+def _layer_index(model: nn.Module) -> tuple[list[str], np.ndarray]:
     names = layer_names(model)
-    sq = dict.fromkeys(names, 0.0)
-    for (n, _), v in zip(model.named_parameters(), values, strict=True):
-        if v is None:
-            continue
-        sq[layer_of(n)] += float(v)
-    return np.sqrt(np.array([sq[n] for n in names]))
+    where = {n: i for i, n in enumerate(names)}
+    return names, np.array([where[layer_of(n)] for n, _ in model.named_parameters()])
+
+
+def _sum_by_layer(index: np.ndarray, n_layers: int, values: np.ndarray) -> np.ndarray:
+    return np.bincount(index, weights=values, minlength=n_layers)
 
 
 def parameter_stats(model: nn.Module, previous: torch.Tensor | None, steps: int, init: torch.Tensor | None) -> dict:
     """``{"weight_norm", "grad_norm", "update_ratio": per-layer arrays, "dist_init": float, "grad_finite"}``
-    (NaN where undefined: no ``.grad``, no previous or initial parameters)."""
-    params = list(model.parameters())
-    w2 = [float(p.detach().double().pow(2).sum()) for p in params]
-    g2 = [None if p.grad is None else float(p.grad.detach().double().pow(2).sum()) for p in params]
-    out = {"weight_norm": _per_layer(model, w2)}
-    grad = _per_layer(model, g2)
-    has = _per_layer(model, [None if g is None else 1.0 for g in g2]) > 0
-    out["grad_norm"] = np.where(has, grad, np.nan)
-    out["grad_finite"] = bool(np.isfinite(grad[has]).all())
+    (NaN where undefined: no ``.grad``, no previous or initial parameters). One device-to-host copy: the
+    per-parameter squared norms are reduced on the device (``torch._foreach_norm``), then summed per layer."""
+    names, index = _layer_index(model)
+    params = [p.detach() for p in model.parameters()]
     flat = flat_params(model)
+    parts = [torch.stack(torch._foreach_norm(params)).double() ** 2]
+    has = np.array([p.grad is not None for p in model.parameters()])
+    grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
+    if grads:
+        parts.append(torch.stack(torch._foreach_norm(grads)).double() ** 2)
     if previous is not None and steps > 0:
-        d2, i = [], 0
-        for p in params:
-            n = p.numel()
-            d2.append(float((flat[i : i + n] - previous[i : i + n]).double().pow(2).sum()))
-            i += n
-        out["update_ratio"] = _per_layer(model, d2) / steps / np.maximum(out["weight_norm"], 1e-30)
+        d = (flat - previous).double().pow(2)
+        parts.append(torch.stack([c.sum() for c in d.split([p.numel() for p in params])]))
+    if init is not None:
+        parts.append((flat - init).double().pow(2).sum().reshape(1))
+    host = [t.cpu().numpy() for t in parts]
+    k, n = 0, len(names)
+    w = np.sqrt(_sum_by_layer(index, n, host[k]))
+    out = {"weight_norm": w}
+    g2 = np.zeros(len(params))
+    if grads:
+        k += 1
+        g2[has] = host[k]
+    out["grad_norm"] = np.where(
+        _sum_by_layer(index, n, has.astype(float)) > 0, np.sqrt(_sum_by_layer(index, n, g2)), np.nan
+    )
+    out["grad_finite"] = bool(np.isfinite(g2).all())
+    if previous is not None and steps > 0:
+        k += 1
+        out["update_ratio"] = np.sqrt(_sum_by_layer(index, n, host[k])) / steps / np.maximum(w, 1e-30)
     else:
-        out["update_ratio"] = np.full(len(out["weight_norm"]), np.nan)
-    out["dist_init"] = float((flat - init).double().norm()) if init is not None else math.nan
+        out["update_ratio"] = np.full(n, np.nan)
+    out["dist_init"] = float(np.sqrt(host[-1][0])) if init is not None else math.nan
     return out
 
 

@@ -138,6 +138,8 @@ def read_store(path) -> xr.Dataset:
         raise FileNotFoundError(f"path: {path} is not a workbench store (no {MARKER} in it)")
     meta = json.loads((path / MARKER).read_text())
     clean_stale_temps(path)
+    # the journal first: a flush between the two reads then shows its rows twice (combined), never not at all
+    jrows, jevents = read_journal(path / JOURNAL)
     rows, events = [], []
     for seg in sorted(path.glob("seg-*.nc")):
         try:
@@ -152,14 +154,16 @@ def read_store(path) -> xr.Dataset:
         rest = ds.drop_vars(ev)
         if STEP in rest.dims:
             rows.append(rest)
-    jrows, jevents = read_journal(path / JOURNAL)
     rows += [rows_to_dataset(jrows)] if jrows else []
     events += [_events(jevents)] if jevents else []
     out = xr.Dataset()
     if rows:
         out = combine_rows(rows)
     if events:
-        out = xr.merge([out, xr.concat(events, EVENT, join="outer")], combine_attrs="override")
+        ev = xr.concat(events, EVENT, join="outer")
+        table = ev.to_dataframe().astype(str)
+        keep = ~table.duplicated().to_numpy()  # an event read from the journal and from its segment: once
+        out = xr.merge([out, ev.isel({EVENT: keep})], combine_attrs="override")
     out.attrs = dict(meta.get("attrs", {}), resumed=int(meta.get("resumed", 0)))
     return out
 
