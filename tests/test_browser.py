@@ -40,6 +40,7 @@ CASES = {
     "tour.ipynb": (dict(steps=5), ("slider", 0)),
     "compare.ipynb": (dict(n_resamples=20), ("slider", 0)),
     "weightspace.ipynb": (dict(steps=5, n_repair=300), ("select", 0, "accuracy")),
+    "monitor.ipynb": (dict(steps=120), ("select", 0, "attn_max_logit")),
 }
 
 

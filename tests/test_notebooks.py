@@ -19,6 +19,7 @@ CASES = {
     "tour.ipynb": dict(steps=5),
     "compare.ipynb": dict(n_resamples=20),
     "weightspace.ipynb": dict(steps=5, n_repair=300),
+    "monitor.ipynb": dict(steps=100),
 }
 
 
@@ -40,7 +41,7 @@ def test_notebook_runs_and_draws(name, tmp_path, zoo_built):
 
 def test_every_notebook_has_a_parameters_cell_and_the_project_kernel():
     paths = [*NB.glob("*.ipynb"), *REPORTS_DIR.glob("*.ipynb")]
-    assert len(paths) == 10
+    assert len(paths) == 18  # 8 exploratory notebooks, 10 reports
     for path in paths:
         nb = json.loads(path.read_text())
         assert nb["metadata"]["kernelspec"]["name"] == "workbench", path

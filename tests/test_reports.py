@@ -18,6 +18,8 @@ SMALL = {
     "study": dict(preset="tiny", n_resamples=30),
     "compare": dict(runs=["sgd-small", "sam"], seeds=[0, 1], n_resamples=20),
     "weightspace": dict(steps=3, n_samples=150, n_repair=200, methods=["none", "weight"]),
+    "monitor": dict(steps=40),
+    "instability": dict(preset="tiny"),
 }
 
 
@@ -62,7 +64,7 @@ def test_report_executes_and_writes_offline_html_and_netcdf(name, executed, zoo_
         blocks = [str(b) for b in ds.eigenvalues["block"].values]
         assert blocks[0] == "(all)" and len(blocks) >= 3 and "by block" not in html
         assert "diagonal block" in html and float(ds.eigenvalues.sel(block="(all)")[0]) == float(ds.lambda_max)
-    if name not in ("transferability", "study", "compare", "weightspace"):  # every headline number beside its range over the model's zoo family
+    if name not in ("transferability", "study", "compare", "weightspace", "monitor", "instability"):  # every headline number beside its range over the model's zoo family
         family = reports.family(reports.parameters(name)["model"].strip("\"'"))
         assert "range over the " + f"{len(family)} " in html and "rank among them" in html
         refs = [v for v in ds.data_vars if v.startswith("zoo_")]

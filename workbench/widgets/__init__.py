@@ -7,10 +7,13 @@ runs synchronously (tests, scripts).
 """
 
 from .attention import AttentionExplorer
+from .compare import CompareExplorer
 from .explorer import Explorer, update_figure
 from .landscape import LandscapeExplorer
+from .monitor import Dashboard
 from .sharpness import SharpnessExplorer
 from .transfer import TransferExplorer
+from .weightspace import WeightspaceExplorer
 
 __all__ = [
     "Explorer",
@@ -19,4 +22,7 @@ __all__ = [
     "SharpnessExplorer",
     "AttentionExplorer",
     "TransferExplorer",
+    "WeightspaceExplorer",
+    "CompareExplorer",
+    "Dashboard",
 ]
