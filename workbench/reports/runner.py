@@ -37,8 +37,8 @@ class ReportError(RuntimeError):
 def available() -> dict[str, Path]:
     """Report names -> notebook paths.
 
-    >>> sorted(available())[:2]
-    ['attention', 'landscape']
+    >>> sorted(available())[:3]
+    ['attention', 'compare', 'instability']
     """
     return {p.stem: p for p in sorted(REPORTS_DIR.glob("*.ipynb"))}
 

@@ -22,7 +22,7 @@ blocks, units within heads, the residual stream shared). Methods (:data:`ALIGN_M
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,21 +31,64 @@ import xarray as xr
 from torch import nn
 
 from ..capture import stream
+from ..data import call_model, input_batches
+from ..landscape import check_same_space
+from ..params import ParamSpace
 from ..registry import Tags, probe
 from ..state import modes
 from ..testing import hostile_data, hostile_model
-from ..validate import choice, count, positive
+from ..validate import call_error, choice, count, positive
 from .graph import Entry, PermutationSpec, example_input, permutation_groups
 from .matching import apply_entry, coordinate_descent, objective, solve, units_of
 from .ste import straight_through
 
-__all__ = ["ALIGN_METHODS", "match", "permute", "align", "Aligned", "equivalence_error"]
+__all__ = ["ALIGN_METHODS", "match", "permute", "align", "Aligned", "equivalence_error", "checked_pair"]
 
 ALIGN_METHODS = ("weight", "activation", "ste")
 
 
 def _state(model: nn.Module) -> dict:
     return {k: v.detach().double() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def checked_pair(ctx, model_a: nn.Module, model_b: nn.Module, loss_fn, data, what: str = "data"):
+    """Both models checked as every probe checks its model (modules, one floating dtype, finite parameters) and
+    of one architecture; with a ``loss_fn``, its loss and labels on ``data`` checked once. Returns the inputs of
+    ``data`` on model A's device, cast to its dtype (one tensor, or ``data`` itself for mappings)."""
+    if loss_fn is not None and what == "data":
+        obj = ctx.objective()
+        obj.check_inputs()
+        obj.loss()  # clear errors for a loss or labels that do not fit, before any matching
+        space_a = obj.space
+    else:
+        space_a = ParamSpace(model_a, None, arg="model_a")
+    check_same_space(space_a, ParamSpace(model_b, None, arg="model_b"))
+    batches = input_batches(data, device=ctx.device or space_a.device, what=what, dtype=space_a.dtype)
+    if loss_fn is None or what != "data":  # inputs the model cannot take: a clear error before tracing the graph
+        with torch.no_grad(), modes(model_a, ctx.mode):
+            try:
+                call_model(model_a, _head(batches[0]))
+            except (RuntimeError, TypeError, ValueError, IndexError) as e:  # torch's own errors explained, others pass
+                err = call_error(e, what, "model_a cannot take these inputs", "Pass inputs the models take.")
+                if err is None:
+                    raise
+                raise err from e
+    _check_pair(model_a, model_b)
+    try:  # labelled data: its fingerprint is recorded; bare inputs are fine too
+        ctx.adopt_data(data)
+    except (TypeError, ValueError):
+        pass
+    if all(isinstance(b, torch.Tensor) for b in batches):
+        return torch.cat(batches)
+    return batches[0] if len(batches) == 1 else batches
+
+
+def _head(batch, n: int = 2):
+    if isinstance(batch, torch.Tensor):
+        return batch[:n]
+    if isinstance(batch, Mapping):
+        return {k: v[:n] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return type(batch)(_head(b, n) for b in batch)
 
 
 def _check_pair(model_a: nn.Module, model_b: nn.Module) -> None:
@@ -94,7 +137,7 @@ def _correlations(spec, model_a, model_b, data, device, check) -> dict[str, torc
 
 
 def _case():
-    return (hostile_model(0), hostile_model(1), None, hostile_data()), dict(method="activation")
+    return (hostile_model(0), hostile_model(1), nn.CrossEntropyLoss(), hostile_data()), dict(method="activation")
 
 
 _TAGS = Tags(inputs="two_models", uses=("mode", "seed", "device"), stochastic=True)
@@ -142,15 +185,10 @@ def match(
     method = choice("method", method, ALIGN_METHODS)
     max_iter = count("max_iter", max_iter)
     restarts = count("restarts", restarts)
-    if method == "ste":
-        ste_steps, ste_lr = count("ste_steps", ste_steps), positive("ste_lr", ste_lr)
-        if loss_fn is None:
-            raise ValueError("loss_fn: method='ste' trains on the loss of the midpoint; pass the loss_fn")
-    _check_pair(model_a, model_b)
-    try:  # labelled data: its fingerprint is recorded; bare inputs are fine too
-        ctx.adopt_data(data)
-    except (TypeError, ValueError):
-        pass
+    ste_steps, ste_lr = count("ste_steps", ste_steps), positive("ste_lr", ste_lr)
+    if method == "ste" and loss_fn is None:
+        raise ValueError("loss_fn: method='ste' trains on the loss of the midpoint; pass the loss_fn")
+    data = checked_pair(ctx, model_a, model_b, loss_fn, data)
     p0 = next(model_a.parameters(), None)
     device = ctx.device or (p0.device if p0 is not None else None)
     x = example_input(data)

@@ -14,6 +14,7 @@ units is unknown is a ``ValueError`` naming the module (Ainsworth et al. 2023, "
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..data import input_batches
-from ..state import modes
+from ..state import modes, run_shielded
 from .fxrules import apply_rule
 
 __all__ = ["Entry", "Group", "PermutationSpec", "permutation_groups", "example_input", "trace"]
@@ -209,9 +210,39 @@ def example_input(data, n: int = 2) -> torch.Tensor:
     return batch[:n]
 
 
+@contextlib.contextmanager
+def _fx_patches_undone(model: nn.Module):
+    """torch.fx patches ``nn.Module.__call__`` / ``__getattr__`` and functions in the forward's globals while it
+    traces; a Ctrl-C landing while it reverts them would leave every later module call traced (``NameError:
+    module is not installed as a submodule``). Whatever is still patched on the way out is put back, shielded."""
+    saved = {k: nn.Module.__dict__[k] for k in ("__call__", "__getattr__") if k in nn.Module.__dict__}
+    g = getattr(type(model).forward, "__globals__", {})
+    before = dict(g)
+
+    def undo():
+        for k, v in saved.items():
+            if nn.Module.__dict__.get(k) is not v:
+                setattr(nn.Module, k, v)
+        for k in [k for k, v in g.items() if getattr(v, "__fx_already_patched", False)]:
+            if k in before:
+                g[k] = before[k]
+            else:
+                del g[k]
+
+    try:
+        yield
+    finally:
+        run_shielded(undo)
+
+
 def trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     """``torch.fx.symbolic_trace``; a forward that branches on shapes (``if x.dim() == 2``) is traced again
     with meta tensors of the example's shape (``torch.fx.experimental.meta_tracer``)."""
+    with _fx_patches_undone(model):
+        return _trace(model, example)
+
+
+def _trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     try:
         gm = fx.symbolic_trace(model)
     except Exception as e:  # torch.fx raises many kinds (TraceError, TypeError, ...): one clear error

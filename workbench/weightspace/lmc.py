@@ -31,7 +31,7 @@ from torch import nn
 from ..registry import Tags, probe
 from ..testing import hostile_data, hostile_model
 from ..validate import count, finite_array
-from .alignment import match, permute
+from .alignment import checked_pair, match, permute
 from .graph import example_input
 from .repair import interpolate_models, repair, repair_points, reset_batchnorm, unit_statistics
 
@@ -42,6 +42,10 @@ _BASES, _FIXES = ("none", "weight", "activation", "ste"), ("repair", "reset")
 
 
 def _methods(methods) -> list[tuple[str, str, str | None]]:
+    if not isinstance(methods, (str, list, tuple)):
+        raise TypeError(
+            f"methods: expected a method name or a list of them (e.g. {LMC_METHODS}), got {type(methods).__name__}"
+        )
     methods = [methods] if isinstance(methods, str) else list(methods)
     if not methods:
         raise ValueError(f"methods: empty; choose from {LMC_METHODS} (any of {_BASES} with '+repair' or '+reset')")
@@ -123,13 +127,16 @@ def connectivity(
     t = np.linspace(0.0, 1.0, count("steps", steps, lo=2)) if coords is None else finite_array("coords", coords)
     t = np.unique(np.concatenate([t, [0.0, 1.0]]))
     obj = ctx.objective()
-    obj.check_inputs()
-    rdata = data if repair_data is None else repair_data
+    x = checked_pair(ctx, model_a, model_b, loss_fn, data)  # the models, the loss and labels checked once
+    rdata = x if repair_data is None else checked_pair(ctx, model_a, model_b, None, repair_data, what="repair_data")
+    ctx.data = obj.data  # the provenance records the call's data, not the repair data
     tail = dict(seed=ctx.seed, mode=ctx.mode, progress=False, cancel=ctx.cancel)
     partner, n_id = {"none": model_b}, {"none": 0}
     for base in dict.fromkeys(b for _, b, _ in plan):
         if base != "none":
-            perms = match(model_a, model_b, loss_fn if base == "ste" else None, rdata, method=base, **tail)
+            labelled = data if repair_data is None else repair_data  # STE trains on the loss: labels needed
+            args = (loss_fn, labelled) if base == "ste" else (None, rdata)
+            perms = match(model_a, model_b, *args, method=base, **tail)
             partner[base], n_id[base] = permute(model_b, perms), perms.attrs["n_identity"]
     shape = (len(plan), len(t))
     loss, acc = np.full(shape, np.nan), np.full(shape, np.nan)
@@ -177,7 +184,7 @@ def _top(w: torch.Tensor, k: int):
 
 
 def _case_sc():
-    return (hostile_model(0), hostile_model(1), None, hostile_data()), dict(k=2)
+    return (hostile_model(0), hostile_model(1), nn.CrossEntropyLoss(), hostile_data()), dict(k=2)
 
 
 @probe("weightspace.singular_cosines", case=_case_sc, tags=Tags(inputs="two_models", uses=("seed",), stochastic=True))
@@ -209,6 +216,7 @@ def singular_cosines(
     1.0
     """
     k = count("k", k)
+    data = checked_pair(ctx, model_a, model_b, loss_fn, data)
     if perms is None:
         perms = match(model_a, model_b, None, data, seed=ctx.seed, progress=False, cancel=ctx.cancel)
     aligned = permute(model_b, perms)

@@ -94,6 +94,7 @@ def merge_landscape(
             raise ValueError(f"models[{lab}]: its parameters are on {s.device}, not {first.device}; move the models")
     for o in objs.values():
         o.check_inputs()
+        o.loss()  # the loss and labels of every task checked once at the first model: NaN inside is data, not this
     thetas = [s.theta0 for s in spaces]
     dirs = [t.double() - thetas[0].double() for t in thetas[1:]]
     bufs = [{k: v.detach() for k, v in m.named_buffers()} for m in ms]
