@@ -12,7 +12,7 @@ export WORKBENCH_THREADS ?= 1
 export WORKBENCH_CACHE ?= $(CURDIR)/data/cache
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup report test lint format lab zoo benchmarks clean browser
+.PHONY: setup report test lint format lab zoo benchmarks clean browser peers
 
 setup: $(STAMP)
 
@@ -47,7 +47,15 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: setup browser lint
+# The peer packages (the `bench` extra, pinned) go in with --no-deps: the tests compare against netcal and
+# weightwatcher side by side, as the benchmarks do, and their own requirements would replace the pinned torch.
+PEERS := $(VENV)/.workbench-peers
+peers: $(PEERS)
+$(PEERS): $(STAMP)
+	$(PYTHON) -m pip install -q --disable-pip-version-check --no-deps $$($(PYTHON) benchmarks/_common.py --bench-requirements)
+	touch $(PEERS)
+
+test: setup peers browser lint
 	$(PYTHON) -m pytest
 
 lab: setup
@@ -58,8 +66,7 @@ zoo: setup
 
 # The peers the benchmarks compare against (the `bench` extra) go in with --no-deps: their own requirements
 # would replace the pinned torch. benchmarks/_common.py is the scripts' shared helper, not a benchmark.
-benchmarks: setup
-	$(PYTHON) -m pip install -q --disable-pip-version-check --no-deps $$($(PYTHON) benchmarks/_common.py --bench-requirements)
+benchmarks: setup peers
 	for f in benchmarks/[!_]*.py; do $(PYTHON) $$f || exit 1; done
 
 clean:

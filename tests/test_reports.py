@@ -23,6 +23,10 @@ SMALL = {
 }
 
 
+#: the reports about one zoo model, which put each headline number beside its range over the model's zoo family
+FAMILY_REPORTS = ("landscape", "sharpness", "attention", "model_report")
+
+
 def test_every_report_has_a_small_case():
     assert set(reports.available()) == set(SMALL)
 
@@ -64,7 +68,7 @@ def test_report_executes_and_writes_offline_html_and_netcdf(name, executed, zoo_
         blocks = [str(b) for b in ds.eigenvalues["block"].values]
         assert blocks[0] == "(all)" and len(blocks) >= 3 and "by block" not in html
         assert "diagonal block" in html and float(ds.eigenvalues.sel(block="(all)")[0]) == float(ds.lambda_max)
-    if name not in ("transferability", "study", "compare", "weightspace", "monitor", "instability"):  # every headline number beside its range over the model's zoo family
+    if name in FAMILY_REPORTS:  # every headline number beside its range over the model's zoo family
         family = reports.family(reports.parameters(name)["model"].strip("\"'"))
         assert "range over the " + f"{len(family)} " in html and "rank among them" in html
         refs = [v for v in ds.data_vars if v.startswith("zoo_")]

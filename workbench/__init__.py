@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 from .config import get_threads, set_threads, threads  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
