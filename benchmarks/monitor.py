@@ -1,6 +1,6 @@
 """Benchmark: the cost of watching a run. Training time with and without a ``workbench.monitor.Monitor`` at its
-default schedule (``DEFAULT_SCHEDULE``: loss every step, norms and distance every 10, attention, logits and
-trajectory every 50, lambda_max log-spaced and every 200), writing to a store on disk, on
+default schedule (``DEFAULT_SCHEDULE``: loss every 10 steps, norms, distance, attention, logits and
+trajectory every 100, lambda_max at steps 1, 10, 100 and every 1000), writing to a store on disk, on
 
   * the reproductions' tiny causal transformer (TinyLM, width 32, 2 layers x 4 heads, Adam, batch 64 x 16 tokens);
   * the digits MLP (workbench.zoo.models.MLP, 64-64-64-10, SGD, minibatch 64).
@@ -41,15 +41,15 @@ def mlp():
     return model, torch.optim.SGD(model.parameters(), lr=0.05), mse_onehot, (x, y), (x[:256], y[:256])
 
 
-#: a lighter schedule for comparison (``--schedule light``): every statistic 10x sparser, lambda_max every 1000
+#: a lighter schedule for comparison (``--schedule light``): every statistic 10x sparser than the default
 LIGHT = {
-    "loss": every(10),
-    "norms": every(100),
-    "distance": every(100),
-    "attention": every(500),
-    "logits": every(500),
-    "trajectory": every(500),
-    "sharpness": every(1000),
+    "loss": every(100),
+    "norms": every(1000),
+    "distance": every(1000),
+    "attention": every(1000),
+    "logits": every(1000),
+    "trajectory": every(1000),
+    "sharpness": every(10000),
 }
 SCHEDULE = None
 
