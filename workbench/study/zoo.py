@@ -35,6 +35,7 @@ from torch import nn
 from ..results import atomic_write
 from ..zoo import cache_root
 from ..zoo.datasets import digits
+from ..zoo.training import sam_step
 
 __all__ = [
     "AXES",
@@ -218,21 +219,12 @@ def train_run(spec: dict, device: str | torch.device = "cpu") -> dict:
             for i in range(0, len(y), bs):
                 sel = perm[i : i + bs].to(device)
                 xb, yb = x[sel], y[sel]
-                opt.zero_grad(set_to_none=True)
-                lf(model(xb), yb).backward()
                 if rho > 0:  # SAM: the gradient at theta + rho g / |g|, applied at theta
-                    ps = [p for p in model.parameters() if p.grad is not None]
-                    gn = torch.sqrt(sum((p.grad**2).sum() for p in ps)) + 1e-12
-                    eps = [rho * p.grad / gn for p in ps]
-                    with torch.no_grad():
-                        for p, e in zip(ps, eps):
-                            p.add_(e)
+                    sam_step(model, opt, lf, xb, yb, rho)
+                else:
                     opt.zero_grad(set_to_none=True)
                     lf(model(xb), yb).backward()
-                    with torch.no_grad():
-                        for p, e in zip(ps, eps):
-                            p.sub_(e)
-                opt.step()
+                    opt.step()
                 steps += 1
             loss = _eval(model, x, y)[0]
         tr, te = _eval(model, x, y), _eval(model, *(t.to(device) for t in run_data(spec, "test")))

@@ -26,7 +26,9 @@ def _full_loss(model, x, y, lf):
     return loss, acc
 
 
-def _sam_step(model, opt, lf, xb, yb, rho):
+def sam_step(model, opt, lf, xb, yb, rho: float) -> float:
+    """One SAM step (Foret et al. 2021): the gradient at ``theta + rho g / |g|``, applied at ``theta``; returns
+    the loss at ``theta`` (before the step)."""
     loss = lf(model(xb), yb)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -119,7 +121,7 @@ def _train(
             idx = perm[i : i + bs]
             xb, yb = x[idx], y[idx]
             if optimizer == "sam":
-                loss = _sam_step(model, opt, lf, xb, yb, rho)
+                loss = sam_step(model, opt, lf, xb, yb, rho)
             else:
                 loss = lf(model(xb), yb)
                 opt.zero_grad(set_to_none=True)
