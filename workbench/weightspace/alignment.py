@@ -63,7 +63,10 @@ def checked_pair(ctx, model_a: nn.Module, model_b: nn.Module, loss_fn, data, wha
     else:
         space_a = ParamSpace(model_a, None, arg="model_a")
     check_same_space(space_a, ParamSpace(model_b, None, arg="model_b"))
-    batches = input_batches(data, device=ctx.device or space_a.device, what=what, dtype=space_a.dtype)
+    if loss_fn is not None and what == "data":  # the inputs as the adapter made them (labels of any accepted kind)
+        batches = [obj.data.materialize()[0]]
+    else:
+        batches = input_batches(data, device=ctx.device or space_a.device, what=what, dtype=space_a.dtype)
     if loss_fn is None or what != "data":  # inputs the model cannot take: a clear error before tracing the graph
         with torch.no_grad(), modes(model_a, ctx.mode):
             try:
