@@ -65,16 +65,17 @@ PROMPTS = "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-promp
 
 
 def _wait_all_ran(page, name, dialogs, timeout_s=300, stall_s=20, reruns=2):
-    """Wait until every code cell shows an execution count. When nothing has run and nothing is queued for
-    ``stall_s`` seconds (all prompts ``[ ]:``, the kernel idle), Run All was lost: reload and run all again, at most
-    ``reruns`` times. A notebook that raises leaves later cells unrun with earlier ones numbered: not a stall."""
+    """Wait until every code cell shows an execution count. When execution has stopped short of the last cell for
+    ``stall_s`` seconds (no cell queued, some not run, the kernel idle), Run All was lost part-way (JupyterLab
+    replaces the first kernel of a fresh lab while it starts: seen in CI, the page then runs a cell or none):
+    reload and run all again, at most ``reruns`` times. A notebook that raises stops there on every run: it fails."""
     deadline, stalled_since, done = time.time() + timeout_s, None, 0
     while True:
         prompts = page.evaluate(PROMPTS)
         if prompts and all(re.fullmatch(r"\[\d+\]:", t) for t in prompts):
             return
         idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
-        if prompts and idle and all(t == "[ ]:" for t in prompts):
+        if prompts and idle and not any("*" in t for t in prompts):  # execution stopped short of the last cell
             stalled_since = stalled_since or time.time()
             if time.time() - stalled_since > stall_s and done < reruns:
                 done, stalled_since = done + 1, None
