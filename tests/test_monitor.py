@@ -112,6 +112,7 @@ def test_statistics_equal_their_formulas():
         H = exact_hessian(m, F.cross_entropy, (x, y), progress=False).values
         assert row.lambda_max.item() == pytest.approx(float(np.linalg.eigvalsh(H)[-1]), rel=1e-6)
         assert row.edge.item() == pytest.approx(2 / 0.2) and row.lr.item() == 0.2
+        assert row.preconditioned.item() == 0.0
         assert row.loss.item() == pytest.approx(float(loss))
 
 
@@ -217,6 +218,21 @@ def test_attention_statistics_and_entropy_collapse_alarm_on_a_transformer():
     assert row.attn_entropy.dims == ("attn_layer", "head")
     below = int((ref.normalized_entropy.values < 0.99).sum())
     assert below > 0 and [a.kind for a in mon.raised].count("entropy_collapse") == below
+
+
+def test_attention_is_dropped_only_for_a_model_without_attention():
+    x, y = _data()
+    mlp = Monitor(None, F.cross_entropy, (x, y), schedule=every(1))
+    assert "attention" in mlp.probes
+    mlp.step(_mlp(), 0)
+    assert "attention" not in mlp.probes and "log_z" in mlp.dataset()  # an MLP: the default probe is dropped
+    model, xs, mask = hostile_transformer()
+    only = {"attention": every(1), "logits": never(), "trajectory": never(), "sharpness": never()}
+    bad = Monitor(None, lambda out, t: out.pow(2).mean(), (xs, torch.zeros(3)), schedule=only,
+                  forward_kwargs={"src_key_padding_mask": mask[:, :3]})  # fmt: skip
+    with pytest.raises((ValueError, RuntimeError)):  # a mask of the wrong shape: the user's error surfaces
+        bad.step(model, 0)
+    assert "attention" in bad.probes  # and the attention probe is not silently dropped
 
 
 def test_store_survives_sigkill_and_resumes(tmp_path):
@@ -343,6 +359,10 @@ def test_hf_trainer_callback_runs_a_real_bert(tmp_path):
     assert ds.step.values.tolist() == [2, 4]
     assert ds.attn_entropy.sizes == {"step": 2, "attn_layer": 2, "head": 2}
     assert np.isfinite(ds.loss.values).all() and np.isfinite(ds.lambda_max.values).all()
+    assert ds.preconditioned.values.tolist() == [1.0, 1.0]  # the Trainer's AdamW (inside accelerate's wrapper)
+    # the linear schedule's lr (5e-5 decayed over 4 steps) and Adam's edge 38 / lr; at lr 0 nothing is unstable
+    assert ds.lr.values.tolist() == pytest.approx([2.5e-5, 0.0])
+    assert ds.edge.values[0] == pytest.approx(38 / 2.5e-5) and ds.edge.values[1] == np.inf
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

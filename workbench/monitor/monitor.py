@@ -26,6 +26,8 @@ __all__ = ["Monitor", "PROBES"]
 #: the monitor's probes (keys of ``schedule``); ``loss`` records the training loss and learning rate given
 PROBES = tuple(DEFAULT_SCHEDULE)
 _NEEDS_DATA = ("attention", "logits", "trajectory", "sharpness")
+#: how attention_stats says a model has no attention it can capture (the default attention probe is then dropped)
+NO_ATTENTION = "model: no attention was captured"
 
 
 class Monitor:
@@ -39,7 +41,8 @@ class Monitor:
     ``norms`` (``weight_norm``, ``grad_norm``, ``update_ratio`` per ``layer``), ``distance``
     (``dist_init``), ``attention`` (``attn_entropy``, ``attn_normalized_entropy``, ``attn_max_logit``,
     ``attn_sink_mass`` per ``attn_layer`` and ``head``), ``logits`` (``log_z``, ``logit_norm``),
-    ``trajectory`` (``traj_kl``), ``sharpness`` (``lambda_max``, ``edge``, ``n_products``): see
+    ``trajectory`` (``traj_kl``), ``sharpness`` (``lambda_max``, ``edge``, ``n_products``, ``preconditioned``: 1
+    where ``lambda_max`` is Adam's preconditioned sharpness): see
     :mod:`workbench.monitor.streaming` for the formulas. ``alarms``: thresholds
     (:mod:`workbench.monitor.alarms`); each alarm is warned (:class:`AlarmWarning`), stored (``event_*``
     variables) and passed to ``on_alarm(alarm)``, which may stop training (e.g. set a flag).
@@ -198,7 +201,7 @@ class Monitor:
         if "logits" in heavy or "trajectory" in heavy:
             model.train(self.mode == "train")
             mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
-            o = output_stats(model, inputs, self.logp, mask, self.loss_fn, to_device(y, dev))
+            o = output_stats(model, inputs, self.logp, mask, self.loss_fn, to_device(y, dev), self.forward_kwargs)
             self.logp = o.pop("logp")
             stats.update({k: o[k] for k in ("log_z", "logit_norm", "probe_loss")} if "logits" in heavy else {})
             if "trajectory" in heavy:
@@ -210,15 +213,15 @@ class Monitor:
             r = self.tracker.update(model, self.loss_fn, (x, y), optimizer, mode=self.mode)
             if r["n_products"]:  # Adam before its first step has no preconditioner yet: nothing to record
                 stats.update({k: r[k] for k in ("lambda_max", "edge", "n_products")})
-            self.sharpness_kind = r["kind"]
+                stats["preconditioned"] = float(r["kind"] == "adam-preconditioned")  # 1: lambda_max(P^-1 H) (Adam)
 
     def _attention(self, model, inputs, stats):
         try:
             ds = attention_stats(model, inputs, mode=self.mode, progress=False, **self.forward_kwargs)
-        except (ValueError, TypeError):
-            if self.attention_ok:
+        except ValueError as e:  # a model without attention drops the default probe; any other error surfaces
+            if self.attention_ok or not str(e).startswith(NO_ATTENTION):
                 raise
-            self.probes = tuple(p for p in self.probes if p != "attention")  # no attention in this model
+            self.probes = tuple(p for p in self.probes if p != "attention")
             return
         self.attention_ok = True
         stats["attention"] = ds

@@ -99,11 +99,13 @@ def _logits(outputs) -> torch.Tensor:
 
 
 @torch.no_grad()
-def output_stats(model: nn.Module, inputs, previous_logp: torch.Tensor | None, mask=None, loss_fn=None, targets=None):
+def output_stats(
+    model: nn.Module, inputs, previous_logp: torch.Tensor | None, mask=None, loss_fn=None, targets=None, kwargs=None
+):
     """``{"log_z", "logit_norm", "traj_kl", "probe_loss": floats, "logp": the log-softmax kept for the next
     call}``; ``mask`` (1 = a real token) excludes padded positions of sequence outputs; ``probe_loss`` is
-    ``loss_fn(outputs, targets)`` on the probe batch (NaN without a loss)."""
-    outputs = call_model(model, inputs)
+    ``loss_fn(outputs, targets)`` on the probe batch (NaN without a loss); ``kwargs`` go to the forward call."""
+    outputs = call_model(model, inputs, kwargs)
     probe_loss = math.nan if loss_fn is None else float(loss_fn(outputs, targets))
     z = _logits(outputs).detach()
     z = z.to(torch.promote_types(z.dtype, torch.float32))
@@ -138,11 +140,13 @@ def edge(optimizer: torch.optim.Optimizer | None) -> tuple[float, str]:
     """
     if optimizer is None:
         return math.nan, "hessian"
+    optimizer = unwrap(optimizer)
     g = optimizer.param_groups[0]
     lr = float(g["lr"])
+    adam = isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
     if lr <= 0:  # a schedule decayed to 0: nothing is unstable
-        return math.inf, "hessian (lr = 0)"
-    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        return math.inf, "adam-preconditioned" if adam else "hessian"
+    if adam:
         b1 = float(g["betas"][0])
         return (2 + 2 * b1) / ((1 - b1) * lr), "adam-preconditioned"
     if isinstance(optimizer, torch.optim.SGD):
@@ -153,10 +157,19 @@ def edge(optimizer: torch.optim.Optimizer | None) -> tuple[float, str]:
     return 2 / lr, f"hessian (2/lr: no threshold known for {type(optimizer).__name__})"
 
 
+def unwrap(optimizer):
+    """The torch optimizer inside a trainer's wrapper (accelerate's ``AcceleratedOptimizer``, Lightning's
+    ``LightningOptimizer``: both keep it as ``.optimizer``)."""
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
 def _adam_scale(model: nn.Module, optimizer, names: list[str]) -> torch.Tensor | None:
     """``P^{-1/2}`` flattened in the objective's parameter order, ``P = (1 - beta_1^t) diag(sqrt(v_hat) + eps)``;
     None before Adam's first step."""
     byname = dict(model.named_parameters())
+    optimizer = unwrap(optimizer)
     g = optimizer.param_groups[0]
     b1, b2 = g["betas"]
     parts = []
